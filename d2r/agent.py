@@ -1,0 +1,190 @@
+"""Multi-task SAC with per-task entropy coefficients and D2R's route balancing (spec sections 3-4).
+
+The agent works with any d2r.nets.MultiTaskNet; routing arguments are simply ignored by
+networks that do not route. All tensors of an update stay on the agent's device.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from d2r.config import MethodConfig, SACConfig
+from d2r.nets import build_net
+from d2r.nets.base import MultiTaskNet
+from d2r.replay import Batch
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class TanhGaussianPolicy(nn.Module):
+    """Policy head around a multi-task network whose output is [mean; log-std]."""
+
+    def __init__(self, net: MultiTaskNet, action_dim: int):
+        super().__init__()
+        self.net = net
+        self.action_dim = action_dim
+
+    def distribution(self, state, task, **route_kw):
+        out, route = self.net(state, task, **route_kw)
+        mean, log_std = out.split(self.action_dim, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX), route
+
+    def sample(self, state, task, **route_kw):
+        """Reparameterised tanh-Gaussian sample: (action, log-prob [B], route)."""
+        mean, log_std, route = self.distribution(state, task, **route_kw)
+        std = log_std.exp()
+        u = mean + std * torch.randn_like(mean)
+        # log N(u; mean, std) minus the tanh Jacobian, log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)).
+        log_prob = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return torch.tanh(u), log_prob, route
+
+    def greedy(self, state, task):
+        """Evaluation action tanh(mean) on the greedy route."""
+        mean, _, route = self.distribution(state, task, route_mode="greedy")
+        return torch.tanh(mean), route
+
+
+class MultiTaskSAC(nn.Module):
+    def __init__(self, method: MethodConfig, sac: SACConfig, state_dim: int, action_dim: int,
+                 num_tasks: int, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.method, self.sac = method, sac
+        self.num_tasks, self.action_dim = num_tasks, action_dim
+
+        def net(in_dim, out_dim):
+            return build_net(method.net, in_dim, out_dim, num_tasks, **method.net_args)
+
+        self.policy = TanhGaussianPolicy(net(state_dim, 2 * action_dim), action_dim)
+        self.q1, self.q2 = net(state_dim + action_dim, 1), net(state_dim + action_dim, 1)
+        self.q1_target, self.q2_target = net(state_dim + action_dim, 1), net(state_dim + action_dim, 1)
+        self.q1_target.load_state_dict(self.q1.state_dict())
+        self.q2_target.load_state_dict(self.q2.state_dict())
+        for p in [*self.q1_target.parameters(), *self.q2_target.parameters()]:
+            p.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.zeros(num_tasks))
+        self.target_entropy = -float(action_dim)
+        # Per-task routing temperatures T_tau, recomputed after every update (no gradient).
+        self.register_buffer("temperature", torch.full((num_tasks,), float(method.temperature)))
+        self.to(device)
+        self.device = torch.device(device)
+
+        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=sac.lr)
+        self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=sac.lr)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha)
+        self.refresh_temperature()
+
+    @property
+    def routed(self) -> bool:
+        return bool(getattr(self.policy.net, "routed", False))
+
+    def task_weights(self) -> torch.Tensor:
+        """num_tasks * softmax(-log alpha): mean 1 over tasks, larger for tasks with smaller alpha."""
+        return self.num_tasks * torch.softmax(-self.log_alpha.detach(), dim=0)
+
+    def refresh_temperature(self) -> None:
+        if self.method.route_balance:
+            self.temperature.copy_(self.method.temperature * self.task_weights())
+        else:
+            self.temperature.fill_(self.method.temperature)
+
+    # ---- acting -------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, state: torch.Tensor, task: torch.Tensor):
+        """Data collection: sampled route with per-task temperature, sampled action."""
+        action, _, route = self.policy.sample(state, task, route_mode="sampled", temperature=self.temperature)
+        return action, route
+
+    @torch.no_grad()
+    def act_greedy(self, state: torch.Tensor, task: torch.Tensor):
+        return self.policy.greedy(state, task)
+
+    # ---- update -------------------------------------------------------------------------
+    def _per_task(self, values: torch.Tensor) -> torch.Tensor:
+        """[T * b] per-sample values -> [T] per-task means (batches are task-major)."""
+        return values.view(self.num_tasks, -1).mean(dim=1)
+
+    def _task_loss(self, per_sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted mean over tasks of per-task losses, dropping tasks whose loss exceeds the threshold."""
+        per_task = self._per_task(per_sample)
+        keep = (per_task.detach() <= self.sac.loss_mask_threshold).float()
+        weights = self.task_weights() if self.method.task_loss_weights else torch.ones_like(per_task)
+        return (weights * keep * per_task).mean(), keep
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One multi-task SAC step (spec section 4). Returns detached diagnostics."""
+        sac, routed = self.sac, self.routed
+        alpha = self.log_alpha.exp().detach()[batch.task]          # [B]
+        sa = torch.cat([batch.state, batch.action], dim=-1)
+
+        # Critic target: greedy routes everywhere, sampled next action.
+        with torch.no_grad():
+            next_action, next_log_prob, _ = self.policy.sample(batch.next_state, batch.task, route_mode="greedy")
+            next_sa = torch.cat([batch.next_state, next_action], dim=-1)
+            q_next = torch.min(self.q1_target(next_sa, batch.task)[0], self.q2_target(next_sa, batch.task)[0])
+            target = sac.reward_scale * batch.reward + sac.gamma * (1.0 - batch.done) * (
+                q_next.squeeze(-1) - alpha * next_log_prob
+            )
+
+        # Critic: each Q on a route sampled with T_tau, with ResRouting.
+        q_kw = dict(route_mode="sampled", temperature=self.temperature, resrouting=routed and self.method.resrouting)
+        q1 = self.q1(sa, batch.task, **q_kw)[0].squeeze(-1)
+        q2 = self.q2(sa, batch.task, **q_kw)[0].squeeze(-1)
+        q1_loss, q1_keep = self._task_loss((q1 - target) ** 2)
+        q2_loss, q2_keep = self._task_loss((q2 - target) ** 2)
+        self.q_optim.zero_grad(set_to_none=True)
+        (q1_loss + q2_loss).backward()
+        nn.utils.clip_grad_norm_(self.q1.parameters(), sac.grad_clip)
+        nn.utils.clip_grad_norm_(self.q2.parameters(), sac.grad_clip)
+        self.q_optim.step()
+
+        # Actor: the behaviour route replayed (with ResRouting), or the current router's own path.
+        if routed and self.method.policy_route == "replayed":
+            pi_kw = dict(route_mode="replayed", route=batch.route, resrouting=self.method.resrouting)
+        else:
+            pi_kw = dict(route_mode="greedy")
+        new_action, log_prob, _ = self.policy.sample(batch.state, batch.task, **pi_kw)
+        new_sa = torch.cat([batch.state, new_action], dim=-1)
+        # Gradient reaches the action through the Qs, but the Qs' own weights are not in this optimiser.
+        q_new = torch.min(self.q1(new_sa, batch.task)[0], self.q2(new_sa, batch.task)[0]).squeeze(-1)
+        pi_loss, pi_keep = self._task_loss(alpha * log_prob - q_new)
+        self.policy_optim.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        nn.utils.clip_grad_norm_(self.policy.parameters(), sac.grad_clip)
+        self.policy_optim.step()
+        self.q_optim.zero_grad(set_to_none=True)  # drop the gradient the actor loss left on the Qs
+
+        # Entropy coefficients, one per task; log alpha clamped to <= 0.
+        alpha_loss = -(self.log_alpha[batch.task] * (log_prob.detach() + self.target_entropy)).mean()
+        self.alpha_optim.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optim.step()
+        with torch.no_grad():
+            self.log_alpha.clamp_(max=0.0)
+            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
+                torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), sac.tau)
+        self.refresh_temperature()
+
+        return {
+            "loss_q": (q1_loss + q2_loss).detach() / 2,
+            "loss_pi": pi_loss.detach(),
+            "loss_alpha": alpha_loss.detach(),
+            "masked_tasks": (2 - q1_keep - q2_keep).sum() + (1 - pi_keep).sum(),
+            "entropy": -log_prob.detach().mean(),
+        }
+
+    # ---- state --------------------------------------------------------------------------
+    def optimizer_state(self) -> dict:
+        return {
+            "policy": self.policy_optim.state_dict(),
+            "q": self.q_optim.state_dict(),
+            "alpha": self.alpha_optim.state_dict(),
+        }
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.policy_optim.load_state_dict(state["policy"])
+        self.q_optim.load_state_dict(state["q"])
+        self.alpha_optim.load_state_dict(state["alpha"])

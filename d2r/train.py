@@ -1,0 +1,278 @@
+"""Training job: epochs of collection (one episode per task) then updates (spec section 5).
+
+Resumable: a checkpoint is written every `checkpoint_every` epochs at an epoch boundary,
+holding the agent, optimisers, replay buffer, step counters and every random state (python,
+numpy, torch, the buffer's generator, the envs'). Re-running the same command continues from
+the newest intact checkpoint; the logs are cut back to that epoch, so they read as one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from d2r import envs as mw
+from d2r.agent import MultiTaskSAC
+from d2r.checkpoint import load_latest_checkpoint, save_checkpoint
+from d2r.config import RunConfig, load_params
+from d2r.evaluate import evaluate_agent
+from d2r.io import atomic_write_bytes, atomic_write_json, dump_json, read_jsonl
+from d2r.nets import parameter_count
+from d2r.replay import TaskReplayBuffer
+from d2r.rollout import run_episode
+
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: params.yaml device: cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def build_agent(run: RunConfig, device: torch.device) -> MultiTaskSAC:
+    return MultiTaskSAC(run.method, run.sac, mw.STATE_DIM, mw.ACTION_DIM, len(run.experiment.tasks), device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _numpy_state() -> dict:
+    """numpy's global state as plain data (checkpoints hold no numpy objects: weights_only loading)."""
+    state = np.random.get_state(legacy=False)
+    state["state"] = {"key": state["state"]["key"].tolist(), "pos": int(state["state"]["pos"])}
+    return state
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+                            "pos": numpy_state["state"]["pos"]}
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_python(value):
+    """Tuples from random.getstate() come back from torch.load as lists; random.setstate needs tuples."""
+    if isinstance(value, list):
+        return tuple(_to_python(v) for v in value)
+    return value
+
+
+class JsonlLog:
+    """Append-only JSON-lines log that can be cut back to the records before an epoch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_to(self, epoch: int) -> None:
+        """Keep only the records of epochs < `epoch` (what the checkpoint being resumed has seen)."""
+        kept = [r for r in read_jsonl(self.path) if r["epoch"] < epoch] if self.path.exists() else []
+        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, out_dir: Path, progress: bool = True):
+        self.run, self.out_dir, self.progress = run, Path(out_dir), progress
+        self.exp, self.budget = run.experiment, run.experiment.budget
+        self.tasks = list(self.exp.tasks)
+        self.device = resolve_device(run.device)
+        self.config_json = dump_json(run.training_dict())
+        seed_everything(run.seed)
+
+        env_kw = dict(goal_mode=self.exp.goal_mode, max_episode_steps=run.env.max_episode_steps,
+                      reward_version=run.env.reward_version, vector_strategy=run.env.vector_strategy)
+        self.envs = mw.make_task_envs(self.tasks, run.seed, stream=TRAIN_STREAM, **env_kw)
+        self.eval_envs = mw.make_task_envs(self.tasks, run.seed, stream=EVAL_STREAM, **env_kw)
+        self.agent = build_agent(run, self.device)
+        net = self.agent.policy.net
+        self.buffer = TaskReplayBuffer(
+            len(self.tasks), max(1, self.budget.replay_size // len(self.tasks)), mw.STATE_DIM, mw.ACTION_DIM,
+            net.route_shape if getattr(net, "routed", False) else None, seed=run.seed, device=self.device,
+        )
+        self.epoch, self.updates, self.wall_time = 0, 0, 0.0
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.train_log = JsonlLog(self.out_dir / "train_log.jsonl")
+        self.eval_log = JsonlLog(self.out_dir / "eval_log.jsonl")
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "config": self.config_json,
+            "epoch": self.epoch,
+            "updates": self.updates,
+            "wall_time": self.wall_time,
+            "agent": self.agent.state_dict(),
+            "optimizers": self.agent.optimizer_state(),
+            "replay": self.buffer.state_dict(),
+            "rng": rng_state(),
+            "env_rng": {"train": mw.get_rng_state(self.envs), "eval": mw.get_rng_state(self.eval_envs)},
+        }
+
+    def resume(self) -> bool:
+        state = load_latest_checkpoint(self.checkpoint_dir, map_location=self.device)
+        if state is None:
+            return False
+        if state["config"] != self.config_json:
+            warnings.warn(f"checkpoints in {self.checkpoint_dir} belong to other parameters; starting afresh")
+            shutil.rmtree(self.checkpoint_dir)
+            return False
+        self.epoch, self.updates, self.wall_time = state["epoch"], state["updates"], state["wall_time"]
+        self.agent.load_state_dict(state["agent"])
+        self.agent.load_optimizer_state(state["optimizers"])
+        self.buffer.load_state_dict(state["replay"])
+        rng = state["rng"]
+        rng["python"] = _to_python(rng["python"])
+        set_rng_state(rng)
+        mw.set_rng_state(self.envs, state["env_rng"]["train"])
+        mw.set_rng_state(self.eval_envs, state["env_rng"]["eval"])
+        return True
+
+    # ---- one epoch --------------------------------------------------------------------------
+    def collect(self) -> np.ndarray:
+        """One episode per task with sampled routes and actions; every transition stored."""
+        cut_on_truncation = not self.run.sac.bootstrap_on_truncation
+
+        def store(state, action, reward, next_state, terminated, truncated, route):
+            done = terminated | (truncated & cut_on_truncation)
+            self.buffer.add(state, action, torch.as_tensor(reward, dtype=torch.float32, device=self.device),
+                            next_state, torch.as_tensor(done, device=self.device), route)
+
+        return run_episode(self.envs, self.agent.act, self.device, on_step=store).success
+
+    def train_steps(self) -> dict[str, float]:
+        totals: dict[str, torch.Tensor] = {}
+        n = self.budget.updates_per_epoch
+        for _ in range(n):
+            stats = self.agent.update(self.buffer.sample(self.budget.batch_per_task))
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0) + value
+            self.updates += 1
+        # One host synchronisation per epoch, not per update.
+        return {key: round(float(value) / n, 6) for key, value in totals.items()}
+
+    def check_finite(self, stats: dict[str, float]) -> None:
+        bad = [k for k, v in stats.items() if not np.isfinite(v)]
+        bad += [name for name, p in self.agent.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise FloatingPointError(
+                f"epoch {self.epoch}: non-finite {', '.join(bad)}; the last good checkpoint in "
+                f"{self.checkpoint_dir} is intact"
+            )
+
+    def periodic_evaluation(self, env_steps: int) -> dict:
+        result = evaluate_agent(self.agent, self.eval_envs, self.tasks, self.budget.eval_episodes)
+        record = {"epoch": self.epoch, "env_steps": env_steps, "success": result["success"],
+                  "return": result["return"], "mean_success": result["mean_success"]}
+        if result["routed"]:
+            record["depth"] = {t: r["depth_mean"] for t, r in result["routes"].items()}
+            record["modules_used"] = {t: r["modules_used_mean"] for t, r in result["routes"].items()}
+        self.eval_log.append(record)
+        return record
+
+    def train(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume()
+        self.train_log.truncate_to(self.epoch)
+        self.eval_log.truncate_to(self.epoch)
+        if resumed:
+            print(f"resuming from epoch {self.epoch} ({self.updates} updates done)", file=sys.stderr)
+        steps = self.run.env.max_episode_steps
+        budget = self.budget
+        last_success = float("nan")
+        bar = tqdm(range(self.epoch, budget.epochs), initial=self.epoch, total=budget.epochs,
+                   disable=not self.progress, desc=f"{self.exp.name}/{self.run.method.name}/seed{self.run.seed}",
+                   unit="epoch", file=sys.stderr)
+        for epoch in bar:
+            self.epoch = epoch
+            start = time.perf_counter()
+            train_success = self.collect()
+            stats = {}
+            if epoch >= budget.warmup_epochs and len(self.buffer) >= budget.min_replay:
+                stats = self.train_steps()
+                self.check_finite(stats)
+            env_steps = (epoch + 1) * steps
+            self.epoch = epoch + 1
+            if self.epoch % budget.eval_every == 0 or self.epoch == budget.epochs:
+                last_success = self.periodic_evaluation(env_steps)["mean_success"]
+            elapsed = time.perf_counter() - start
+            self.wall_time += elapsed
+            self.train_log.append({
+                "epoch": epoch, "env_steps": env_steps, "updates": self.updates,
+                "wall_time": round(self.wall_time, 3), "sps": round(steps * len(self.tasks) / elapsed, 1),
+                **stats,
+                "alpha": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.log_alpha.exp().tolist())},
+                "temperature": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.temperature.tolist())},
+                "train_success": {t: int(s) for t, s in zip(self.tasks, train_success)},
+            })
+            bar.set_postfix(sps=f"{steps * len(self.tasks) / elapsed:.0f}", success=f"{last_success:.2f}",
+                            loss_q=stats.get("loss_q", float("nan")))
+            if self.epoch % budget.checkpoint_every == 0 or self.epoch == budget.epochs:
+                save_checkpoint(self.checkpoint_dir, self.epoch, self.state())
+        self.finish()
+
+    def finish(self) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(self.agent.state_dict(), buffer)
+        atomic_write_bytes(self.out_dir / "model.pt", buffer.getvalue())
+        atomic_write_json(self.out_dir / "run.json", {
+            "config": self.run.training_dict(),
+            "param_counts": {"policy": parameter_count(self.agent.policy), "q": parameter_count(self.agent.q1)},
+            "epochs": self.epoch,
+            "env_steps_per_task": self.epoch * self.run.env.max_episode_steps,
+            "updates": self.updates,
+            "wall_time": round(self.wall_time, 3),
+        })
+        self.envs.close()
+        self.eval_envs.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="the parameter file (default params.yaml)")
+    parser.add_argument("--experiment", required=True, help="experiment name in params.yaml")
+    parser.add_argument("--method", required=True, help="method name in params.yaml")
+    parser.add_argument("--seed", type=int, required=True, help="run seed")
+    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model.pt)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
+    Trainer(run_cfg, args.out, progress=not args.no_progress).train()
+    return 0
