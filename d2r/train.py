@@ -95,8 +95,8 @@ class JsonlLog:
         self.path = path
 
     def truncate_to(self, epoch: int) -> None:
-        """Keep only the records of epochs < `epoch` (what the checkpoint being resumed has seen)."""
-        kept = [r for r in read_jsonl(self.path) if r["epoch"] < epoch] if self.path.exists() else []
+        """Keep only the records up to `epoch` completed epochs (what the resumed checkpoint has seen)."""
+        kept = [r for r in read_jsonl(self.path) if r["epoch"] <= epoch] if self.path.exists() else []
         atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
 
     def append(self, record: dict) -> None:
@@ -232,7 +232,7 @@ class Trainer:
             elapsed = time.perf_counter() - start
             self.wall_time += elapsed
             self.train_log.append({
-                "epoch": epoch, "env_steps": env_steps, "updates": self.updates,
+                "epoch": self.epoch, "env_steps": env_steps, "updates": self.updates,
                 "wall_time": round(self.wall_time, 3), "sps": round(steps * len(self.tasks) / elapsed, 1),
                 **stats,
                 "alpha": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.log_alpha.exp().tolist())},

@@ -1,0 +1,99 @@
+"""The training job end to end on a tiny budget: outputs, and resuming after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(tmp_path: Path, epochs: int = 6) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["device"] = "cpu"
+    raw["nets"]["d2r"].update(encoder=[32, 32], num_modules=4, width=16, router_hidden=[16])
+    raw["presets"]["tiny"] = dict(epochs=epochs, warmup_epochs=1, min_replay=0, updates_per_epoch=3,
+                                  batch_per_task=8, replay_size=4000, eval_every=2, eval_episodes=1,
+                                  checkpoint_every=1)
+    raw["experiments"] = {"tiny": dict(benchmark="MT10", tasks=["reach", "drawer-close"], goal_mode="random",
+                                       methods=["d2r"], seeds=[0], preset="tiny", final_eval_episodes=1)}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def train_cmd(params: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "d2r", "train", "--params", str(params), "--experiment", "tiny",
+            "--method", "d2r", "--seed", "0", "--out", str(out), "--no-progress"]
+
+
+def epochs_logged(path: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+
+
+def run_killed_at(params: Path, out: Path, checkpoint_epoch: int) -> None:
+    """Start training and SIGKILL it once the checkpoint of `checkpoint_epoch` exists."""
+    proc = subprocess.Popen(train_cmd(params, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints" / f"ckpt-{checkpoint_epoch:07d}.json"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    params = tiny_params(tmp)
+    out = tmp / "run"
+    subprocess.run(train_cmd(params, out), check=True, capture_output=True, timeout=600)
+    return params, out
+
+
+def test_training_writes_its_outputs(uninterrupted):
+    _, out = uninterrupted
+    run = json.loads((out / "run.json").read_text())
+    assert run["epochs"] == 6 and run["env_steps_per_task"] == 6 * 200
+    assert run["updates"] == 5 * 3  # no updates in the warm-up epoch
+    assert epochs_logged(out / "train_log.jsonl") == list(range(1, 7))
+    evals = [json.loads(line) for line in (out / "eval_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in evals] == [2, 4, 6]
+    for e in evals:
+        assert set(e["success"]) == {"reach", "drawer-close"}
+        assert all(0.0 <= s <= 1.0 for s in e["success"].values())
+        assert all(1 <= d <= 4 for d in e["depth"].values())  # 4 modules
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert any(k.startswith("policy.") for k in state)
+    # Only the last two checkpoints are kept.
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["ckpt-0000005.pt", "ckpt-0000006.pt"]
+
+
+@pytest.mark.parametrize("kill_after", [1, 4])
+def test_killed_run_resumes_and_matches_uninterrupted(uninterrupted, tmp_path, kill_after):
+    params, full = uninterrupted
+    out = tmp_path / "run"
+    run_killed_at(params, out, kill_after)
+    proc = subprocess.run(train_cmd(params, out), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from epoch" in proc.stderr
+    assert epochs_logged(out / "train_log.jsonl") == list(range(1, 7))  # each epoch once: no restart from 0
+    resumed = torch.load(out / "model.pt", weights_only=True)
+    reference = torch.load(full / "model.pt", weights_only=True)
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    strip = lambda path: [{k: v for k, v in json.loads(l).items() if k not in ("wall_time", "sps")}
+                          for l in path.read_text().splitlines()]
+    assert strip(out / "train_log.jsonl") == strip(full / "train_log.jsonl")
+    assert strip(out / "eval_log.jsonl") == strip(full / "eval_log.jsonl")
