@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="experiment name in params.yaml")
     parser.add_argument("--method", required=True, help="method name in params.yaml")
     parser.add_argument("--seed", type=int, required=True, help="run seed")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (Snakemake passes the rule's threads; more threads than "
+                             "cores makes OpenMP spin and run many times slower)")
     parser.add_argument("--run-dir", required=True, type=Path, help="the training run's directory (model.pt)")
     parser.add_argument("--out", required=True, type=Path, help="where to write eval.json")
 
@@ -78,6 +81,8 @@ def run(args) -> int:
     from d2r.train import build_agent, resolve_device
 
     run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     exp = run_cfg.experiment
     model_path = args.run_dir / "model.pt"
     if not model_path.exists():

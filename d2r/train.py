@@ -268,11 +268,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", required=True, help="experiment name in params.yaml")
     parser.add_argument("--method", required=True, help="method name in params.yaml")
     parser.add_argument("--seed", type=int, required=True, help="run seed")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (Snakemake passes the rule's threads; more threads than "
+                             "cores makes OpenMP spin and run many times slower)")
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model.pt)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     Trainer(run_cfg, args.out, progress=not args.no_progress).train()
     return 0

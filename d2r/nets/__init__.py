@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from d2r.nets.base import MultiTaskNet
+from d2r.nets.baselines import parameter_count
+
+__all__ = ["MultiTaskNet", "build_net", "parameter_count"]
 
 
 def build_net(kind: str, in_dim: int, out_dim: int, num_tasks: int, **net_args) -> MultiTaskNet:
@@ -22,7 +25,3 @@ def build_net(kind: str, in_dim: int, out_dim: int, num_tasks: int, **net_args) 
     if kind not in classes:
         raise ValueError(f"unknown network kind {kind!r} (known: d2r, {', '.join(classes)})")
     return classes[kind](in_dim, out_dim, num_tasks, **net_args)
-
-
-def parameter_count(net) -> int:
-    return sum(p.numel() for p in net.parameters())

@@ -30,7 +30,8 @@ class MultiTaskNet(nn.Module):
                  "replayed" (use `route`, the behaviour route stored with the transition).
     route:       [B, N, K] int64 route to replay (route_mode="replayed" only).
     temperature: [num_tasks] float per-task routing temperatures (route_mode="sampled" only).
-    resrouting:  apply ResRouting (spec section 2); only meaningful with route_mode="replayed".
+    resrouting:  apply ResRouting (spec section 2) to whichever route is used: the policy update
+                 replays the behaviour route, the Q update samples one with T_task.
     Non-routed networks ignore the routing arguments and return route None.
     """
 
