@@ -43,6 +43,7 @@ class SACConfig:
     grad_clip: float
     loss_mask_threshold: float
     bootstrap_on_truncation: bool
+    overlap_collection: bool
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ import torch
 from tqdm import tqdm
 
 from d2r import envs as mw
-from d2r.agent import MultiTaskSAC
+from d2r.agent import MultiTaskSAC, NonFiniteError
 from d2r.checkpoint import load_latest_checkpoint, save_checkpoint
+from d2r.collect import Collector, Episode
 from d2r.config import RunConfig, load_params
 from d2r.evaluate import evaluate_agent
 from d2r.io import atomic_write_bytes, atomic_write_json, dump_json, read_jsonl
 from d2r.nets import parameter_count
 from d2r.replay import TaskReplayBuffer
-from d2r.rollout import run_episode
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 
@@ -124,6 +124,8 @@ class Trainer:
             len(self.tasks), max(1, self.budget.replay_size // len(self.tasks)), mw.STATE_DIM, mw.ACTION_DIM,
             net.route_shape if getattr(net, "routed", False) else None, seed=run.seed, device=self.device,
         )
+        self.collector = Collector(self.agent, self.envs, self.device, seed=run.seed,
+                                   cut_on_truncation=not run.sac.bootstrap_on_truncation)
         self.epoch, self.updates, self.wall_time = 0, 0, 0.0
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.train_log = JsonlLog(self.out_dir / "train_log.jsonl")
@@ -140,6 +142,7 @@ class Trainer:
             "optimizers": self.agent.optimizer_state(),
             "replay": self.buffer.state_dict(),
             "rng": rng_state(),
+            "collector_rng": self.collector.generator.get_state(),
             "env_rng": {"train": mw.get_rng_state(self.envs), "eval": mw.get_rng_state(self.eval_envs)},
         }
 
@@ -158,21 +161,31 @@ class Trainer:
         rng = state["rng"]
         rng["python"] = _to_python(rng["python"])
         set_rng_state(rng)
+        self.collector.generator.set_state(state["collector_rng"].cpu())
         mw.set_rng_state(self.envs, state["env_rng"]["train"])
         mw.set_rng_state(self.eval_envs, state["env_rng"]["eval"])
         return True
 
     # ---- one epoch --------------------------------------------------------------------------
-    def collect(self) -> np.ndarray:
-        """One episode per task with sampled routes and actions; every transition stored."""
-        cut_on_truncation = not self.run.sac.bootstrap_on_truncation
+    def store(self, episode: Episode) -> np.ndarray:
+        for transition in episode.transitions:
+            self.buffer.add(*transition)
+        return episode.success
 
-        def store(state, action, reward, next_state, terminated, truncated, route):
-            done = terminated | (truncated & cut_on_truncation)
-            self.buffer.add(state, action, torch.as_tensor(reward, dtype=torch.float32, device=self.device),
-                            next_state, torch.as_tensor(done, device=self.device), route)
+    def updates_due(self, epoch: int) -> bool:
+        return epoch >= self.budget.warmup_epochs and len(self.buffer) >= max(1, self.budget.min_replay)
 
-        return run_episode(self.envs, self.agent.act, self.device, on_step=store).success
+    def collect_and_update(self, epoch: int) -> tuple[np.ndarray, dict[str, float]]:
+        """One epoch's episode per task and its updates, in sequence (paper) or overlapped."""
+        if not self.run.sac.overlap_collection:
+            success = self.store(self.collector.run())
+            return success, (self.train_steps() if self.updates_due(epoch) else {})
+        self.collector.start()  # the episode runs while the learner updates on earlier data
+        try:
+            stats = self.train_steps() if self.updates_due(epoch) else {}
+        finally:
+            episode = self.collector.join()
+        return self.store(episode), stats
 
     def train_steps(self) -> dict[str, float]:
         totals: dict[str, torch.Tensor] = {}
@@ -185,14 +198,35 @@ class Trainer:
         # One host synchronisation per epoch, not per update.
         return {key: round(float(value) / n, 6) for key, value in totals.items()}
 
-    def check_finite(self, stats: dict[str, float]) -> None:
-        bad = [k for k, v in stats.items() if not np.isfinite(v)]
-        bad += [name for name, p in self.agent.named_parameters() if not torch.isfinite(p).all()]
+    def check_finite(self, stats: dict) -> None:
+        """End of an epoch's updates: log the tasks the updates dropped (`skipped_tasks` in the
+        train log), then check the statistics and every parameter and buffer, so that no checkpoint
+        with a NaN/Inf is ever written. Each update checks its own losses, gradients and parameters
+        (MultiTaskSAC.update); a failure raises NonFiniteError, reported by `nonfinite_message`."""
+        bad = [k for k, v in stats.items() if isinstance(v, float) and not np.isfinite(v)]
+        skipped = self.agent.pop_skipped()
+        stats["skipped_tasks"] = {t: {"nonfinite": n, "over_threshold": m} for t, n, m in
+                                  zip(self.tasks, skipped["nonfinite"], skipped["over_threshold"]) if n or m}
+        for t, n in zip(self.tasks, skipped["nonfinite"]):
+            if n:
+                print(f"warning: epoch {self.epoch + 1}: task {t!r} dropped from {n} of "
+                      f"{self.budget.updates_per_epoch} updates: non-finite loss or sampled transitions "
+                      f"(logged as skipped_tasks in {self.train_log.path.name})", file=sys.stderr)
         if bad:
-            raise FloatingPointError(
-                f"epoch {self.epoch}: non-finite {', '.join(bad)}; the last good checkpoint in "
-                f"{self.checkpoint_dir} is intact"
-            )
+            raise NonFiniteError("statistic", ", ".join(bad), during_update=False)
+        for name, value in self.agent.state_dict().items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise NonFiniteError("parameter", name.split(".")[0], detail=name, during_update=False)
+
+    def nonfinite_message(self, err: NonFiniteError) -> str:
+        """Where and what: "update 37 (epoch 5): non-finite gradient in q1 from task 'reach'; ..."."""
+        where = (f"update {self.updates + 1} (epoch {self.epoch + 1})" if err.during_update
+                 else f"epoch {self.epoch + 1} (after update {self.updates})")
+        kept = sorted(self.checkpoint_dir.glob("ckpt-*.pt"))
+        last = (f"the last good checkpoint {kept[-1]} is intact" if kept
+                else "no checkpoint had been written yet")
+        return (f"{where}: {err.describe(self.tasks)}; training stopped before saving anything from "
+                f"this epoch: {last}")
 
     def periodic_evaluation(self, env_steps: int) -> dict:
         result = evaluate_agent(self.agent, self.eval_envs, self.tasks, self.budget.eval_episodes)
@@ -220,10 +254,8 @@ class Trainer:
         for epoch in bar:
             self.epoch = epoch
             start = time.perf_counter()
-            train_success = self.collect()
-            stats = {}
-            if epoch >= budget.warmup_epochs and len(self.buffer) >= budget.min_replay:
-                stats = self.train_steps()
+            train_success, stats = self.collect_and_update(epoch)
+            if stats:
                 self.check_finite(stats)
             env_steps = (epoch + 1) * steps
             self.epoch = epoch + 1
@@ -279,5 +311,10 @@ def run(args) -> int:
     run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    Trainer(run_cfg, args.out, progress=not args.no_progress).train()
+    trainer = Trainer(run_cfg, args.out, progress=not args.no_progress)
+    try:
+        trainer.train()
+    except NonFiniteError as err:
+        print(f"error: {trainer.nonfinite_message(err)}", file=sys.stderr)
+        return 3
     return 0

@@ -10,7 +10,7 @@ from d2r.config import MethodConfig, SACConfig
 from d2r.replay import Batch, TaskReplayBuffer
 
 SAC = SACConfig(gamma=0.99, tau=0.005, lr=3e-4, lr_alpha=1e-4, reward_scale=0.1, grad_clip=1.0,
-                loss_mask_threshold=3000.0, bootstrap_on_truncation=False)
+                loss_mask_threshold=3000.0, bootstrap_on_truncation=False, overlap_collection=False)
 SMALL_D2R = dict(encoder=[32, 32], num_modules=4, width=16, top_k=2, router_hidden=[16])
 STATE, ACTION, TASKS = 6, 2, 3
 

@@ -97,3 +97,20 @@ def test_killed_run_resumes_and_matches_uninterrupted(uninterrupted, tmp_path, k
                           for l in path.read_text().splitlines()]
     assert strip(out / "train_log.jsonl") == strip(full / "train_log.jsonl")
     assert strip(out / "eval_log.jsonl") == strip(full / "eval_log.jsonl")
+
+
+def test_overlapped_collection_is_deterministic(tmp_path):
+    """Collection in a background thread during updates: same seed, same weights, twice."""
+    params = tiny_params(tmp_path, epochs=4)
+    raw = yaml.safe_load(params.read_text())
+    raw["train"]["overlap_collection"] = True
+    params.write_text(yaml.safe_dump(raw))
+    models = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        subprocess.run(train_cmd(params, out), check=True, capture_output=True, timeout=600)
+        run = json.loads((out / "run.json").read_text())
+        assert run["updates"] == 3 * 3
+        models.append(torch.load(out / "model.pt", weights_only=True))
+    for key in models[0]:
+        assert torch.equal(models[0][key], models[1][key]), key

@@ -32,6 +32,7 @@ class MultiTaskNet(nn.Module):
     temperature: [num_tasks] float per-task routing temperatures (route_mode="sampled" only).
     resrouting:  apply ResRouting (spec section 2) to whichever route is used: the policy update
                  replays the behaviour route, the Q update samples one with T_task.
+    generator:   random stream for route sampling (default: torch's global one).
     Non-routed networks ignore the routing arguments and return route None.
     """
 
@@ -52,5 +53,6 @@ class MultiTaskNet(nn.Module):
         route: torch.Tensor | None = None,
         temperature: torch.Tensor | None = None,
         resrouting: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError

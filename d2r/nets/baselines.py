@@ -104,6 +104,7 @@ class _Baseline(MultiTaskNet):
         route: torch.Tensor | None = None,
         temperature: torch.Tensor | None = None,
         resrouting: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, None]:
         # Routing arguments are part of the shared interface and deliberately ignored.
         _check_task(task, x, self.num_tasks)

@@ -148,6 +148,7 @@ class D2RNet(MultiTaskNet):
         route_mode: RouteMode,
         route: torch.Tensor | None = None,
         temperature: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """[B, N, N] square logits -> [B, N, K] int64 route (no gradient)."""
         if route_mode == "replayed":
@@ -160,12 +161,12 @@ class D2RNet(MultiTaskNet):
         scores = zsq.detach()
         if route_mode == "sampled":
             # Gumbel-top-k: the top k of z / T + Gumbel noise are k draws without replacement
-            # from softmax(z / T). The noise comes from torch's global RNG.
+            # from softmax(z / T). The noise comes from `generator` (default: torch's global RNG).
             if temperature is None:
                 temp = scores.new_ones(scores.shape[0])
             else:
                 temp = temperature.to(device=scores.device, dtype=scores.dtype)[task.long()]
-            expo = torch.empty_like(scores).exponential_().clamp_(min=torch.finfo(scores.dtype).tiny)
+            expo = torch.empty_like(scores).exponential_(generator=generator).clamp_(min=torch.finfo(scores.dtype).tiny)
             gumbel = -torch.log(expo)  # finite, so that -inf padding never meets +inf
             scores = scores / temp[:, None, None] + gumbel  # -inf padding stays -inf
         elif route_mode != "greedy":
@@ -200,6 +201,7 @@ class D2RNet(MultiTaskNet):
         route: torch.Tensor | None = None,
         temperature: torch.Tensor | None = None,
         resrouting: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """See `MultiTaskNet.forward`. Returns (out [B, out_dim], route [B, N, K] int64).
 
@@ -215,7 +217,7 @@ class D2RNet(MultiTaskNet):
             return self.head(y), chain
 
         zsq = self._square(z)
-        route = self.select_route(zsq, task, route_mode, route, temperature)
+        route = self.select_route(zsq, task, route_mode, route, temperature, generator)
         w = self.route_weights(zsq, route)
         if resrouting:
             out_in = self._modules_resrouting(x0, route, w, self.trusted_mask(zsq, route))

@@ -1,0 +1,40 @@
+# D2R experiment pipeline: params.yaml -> setup -> train -> evaluate -> analyse -> report.
+# Thin entry point; the rules live in workflow/rules/*.smk and every job is `python -m d2r <job>`.
+#
+#   snakemake --cores all reports/smoke.html      # one experiment (the profile profiles/default is used)
+#   snakemake -n reports/mt10.html                 # what would run, and why
+#
+# Parameters come from params.yaml only (the jobs read it too); see README "Pipeline".
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# Parse-time imports of d2r come from this checkout, as the jobs' `python -m d2r` do.
+sys.path.insert(0, str(workflow.basedir))
+
+PARAMS_FILE = "params.yaml"
+
+
+configfile: PARAMS_FILE
+
+
+# 1. structure: the JSON schema (one schema, also used by d2r.config); 2. meaning: d2r.config.
+validate(config, "workflow/schemas/params.schema.yaml", set_default=False)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/setup.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analyse.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    """Every experiment's report and metrics (weeks on a CPU: name one target instead)."""
+    default_target: True
+    input:
+        expand("reports/{experiment}.html", experiment=EXPERIMENTS),
+        expand("metrics/{experiment}.json", experiment=EXPERIMENTS),

@@ -1,0 +1,85 @@
+"""Data collection: one episode per task with a snapshot of the policy and its own random stream.
+
+The collector acts with a copy of the policy (and routing temperatures) taken when an episode
+starts, and draws route and action noise only from its own generator. So an episode's data
+depends on that snapshot, the generator and the envs' own streams, nothing else, and
+collection can run in a background thread while the learner updates (`start` / `join`) with
+results identical from run to run. Overlapped, the episode of epoch e is collected by the
+policy as it was before epoch e's updates, and those updates see the data of epochs < e: the
+behaviour policy is at most one epoch (updates_per_epoch updates) old.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from d2r.rollout import run_episode
+
+
+@dataclass
+class Episode:
+    success: np.ndarray                              # [T] success at any step
+    transitions: list[tuple] = field(default_factory=list)  # (state, action, reward, next_state, done, route)
+
+
+class Collector:
+    def __init__(self, agent, envs, device: torch.device, seed: int, cut_on_truncation: bool):
+        self.agent, self.envs, self.device = agent, envs, device
+        self.cut_on_truncation = cut_on_truncation
+        self.policy = copy.deepcopy(agent.policy).requires_grad_(False)
+        self.temperature = agent.temperature.clone()
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self._thread: threading.Thread | None = None
+        self._result: Episode | BaseException | None = None
+
+    def _snapshot(self) -> None:
+        self.policy.load_state_dict(self.agent.policy.state_dict())
+        self.temperature.copy_(self.agent.temperature)
+
+    @torch.no_grad()
+    def _act(self, state, task):
+        action, _, route = self.policy.sample(state, task, self.generator, route_mode="sampled",
+                                              temperature=self.temperature)
+        return action, route
+
+    def _episode(self) -> Episode:
+        transitions = []
+
+        def keep(state, action, reward, next_state, terminated, truncated, route):
+            done = terminated | (truncated & self.cut_on_truncation)
+            transitions.append((state, action, torch.as_tensor(reward, dtype=torch.float32, device=self.device),
+                                next_state, torch.as_tensor(done, device=self.device), route))
+
+        success = run_episode(self.envs, self._act, self.device, on_step=keep).success
+        return Episode(success, transitions)
+
+    def run(self) -> Episode:
+        """Collect one episode now, with the current policy."""
+        self._snapshot()
+        return self._episode()
+
+    def start(self) -> None:
+        """Collect one episode in a background thread with the current policy; `join` returns it."""
+        self._snapshot()
+
+        def target():
+            try:
+                self._result = self._episode()
+            except BaseException as err:  # re-raised in the learner's thread by join()
+                self._result = err
+
+        self._thread = threading.Thread(target=target, name="d2r-collector", daemon=True)
+        self._thread.start()
+
+    def join(self) -> Episode:
+        self._thread.join()
+        self._thread, result, self._result = None, self._result, None
+        if isinstance(result, BaseException):
+            raise result
+        return result

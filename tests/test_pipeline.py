@@ -1,0 +1,243 @@
+"""The whole pipeline, end to end, on a tiny experiment in a temporary copy of the repository.
+
+Runs the real jobs (`python -m d2r setup/train/evaluate/analyse/report`) through Snakemake:
+2 MT10 tasks, D2R and MT-SAC with small networks, one seed, 2 epochs of 50-step episodes.
+Then checks what a parameter or a source change re-runs, and that a DVC push / pull into a
+fresh copy gives back the same report and metrics and, once the pulled results are marked up
+to date (`snakemake --touch --forceall`), leaves Snakemake nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "tiny"
+TARGET = f"reports/{EXPERIMENT}.html"
+METHODS = ["d2r", "mtsac"]
+TIMEOUT = 900
+
+# Paths of the repository that are not copied: outputs, environments, caches, VCS data.
+NOT_COPIED = {".venv", ".git", ".snakemake", "results", "logs", "metrics", ".pytest_cache", ".dvc",
+              "__pycache__", "d2r.egg-info", ".hypothesis"}
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    skip = {n for n in names if n in NOT_COPIED or n.endswith(".pyc")}
+    rel = Path(directory).resolve().relative_to(REPO) if Path(directory).resolve() != REPO else Path(".")
+    if rel == Path("reports"):
+        skip |= {n for n in names if n.endswith(".html")}
+    if rel == Path("benchmarks"):
+        skip |= {"runs"}
+    return skip
+
+
+def tiny_params(raw: dict) -> dict:
+    raw["env"]["max_episode_steps"] = 50
+    raw["nets"]["d2r"] = {"encoder": [32, 32], "num_modules": 4, "width": 16, "top_k": 2, "router_hidden": [32]}
+    raw["nets"]["mtsac"] = {"hidden": [32, 32]}
+    raw["presets"]["tiny"] = {"epochs": 2, "warmup_epochs": 1, "min_replay": 0, "updates_per_epoch": 2,
+                              "batch_per_task": 8, "replay_size": 1000, "eval_every": 1, "eval_episodes": 1,
+                              "checkpoint_every": 1}
+    raw["experiments"][EXPERIMENT] = {"benchmark": "MT10", "tasks": ["reach", "drawer-close"], "goal_mode": "fixed",
+                                      "methods": list(METHODS), "seeds": [0], "preset": "tiny",
+                                      "final_eval_episodes": 1}
+    return raw
+
+
+def edit_params(repo: Path, change) -> None:
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    change(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONPATH", None)      # jobs must import the copy's d2r (python -m runs in the copy)
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> str:
+    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((repo / "logs").rglob("*.log"))
+                         if p.stat().st_size) if (repo / "logs").exists() else ""
+        raise AssertionError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{out[-6000:]}\n{logs}")
+    return out
+
+
+def snakemake(repo: Path, *args: str) -> str:
+    return sh(repo, sys.executable, "-m", "snakemake", *args)
+
+
+def planned(repo: Path) -> dict[str, int]:
+    """Jobs a dry run of the tiny report would run: rule -> count ({} when nothing)."""
+    out = snakemake(repo, "-n", TARGET)
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+        if line.strip().startswith("total"):
+            break
+    assert jobs, f"could not read the dry run's plan:\n{out[-3000:]}"
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the repository with the tiny experiment, after one full run of its report."""
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    shutil.copytree(REPO, repo, ignore=_ignore, symlinks=True)
+    edit_params(repo, tiny_params)
+    snakemake(repo, "--cores", "2", TARGET)
+    return repo
+
+
+def run_dir(repo: Path, method: str) -> Path:
+    return repo / "results" / EXPERIMENT / method / "seed0"
+
+
+def test_pipeline_outputs(repo):
+    report, metrics_path = repo / TARGET, repo / "metrics" / f"{EXPERIMENT}.json"
+    assert report.exists() and metrics_path.exists()
+    metrics = yaml.safe_load(metrics_path.read_text())
+    assert sorted(metrics["methods"]) == sorted(METHODS)
+    for method in METHODS:
+        entry = metrics["methods"][method]
+        assert 0.0 <= entry["success_mean"] <= 1.0
+        assert entry["seeds"] == 1 and entry["success_std"] == 0.0
+        assert set(entry["per_task"]) == {"reach", "drawer-close"}
+        assert all(0.0 <= v <= 1.0 for v in entry["per_task"].values())
+    assert metrics["wall_time"] > 0
+    for method in METHODS:
+        d = run_dir(repo, method)
+        for name in ("model.pt", "run.json", "train_log.jsonl", "eval_log.jsonl", "eval.json", "routes.json"):
+            assert (d / name).exists(), f"{d / name} missing"
+        assert (repo / "logs" / EXPERIMENT / method / "seed0" / "train.log").exists()
+        assert (repo / "benchmarks" / "runs" / EXPERIMENT / method / "seed0" / "train.tsv").exists()
+    assert yaml.safe_load((run_dir(repo, "d2r") / "routes.json").read_text())["routed"] is True
+    assert yaml.safe_load((run_dir(repo, "mtsac") / "routes.json").read_text())["routed"] is False
+    env = yaml.safe_load((repo / "results" / EXPERIMENT / "environment.json").read_text())
+    assert env["task_set"]["tasks"] == ["reach", "drawer-close"] and env["versions"]["torch"]
+
+
+def test_what_reruns(repo):
+    # An up-to-date tree: nothing to do.
+    assert planned(repo) == {}
+
+    # A source file of one job only: that job (and what reads its outputs) re-runs, nothing else.
+    report_py = repo / "d2r" / "report.py"
+    original = report_py.read_text()
+    report_py.write_text(original + "\n# an edit\n")
+    assert planned(repo) == {"report": 1}
+    report_py.write_text(original)     # back as it was, but newer: checksums show nothing changed
+    assert planned(repo) == {}
+    os.utime(repo / "d2r" / "train.py")   # a newer file time alone re-runs nothing
+    assert planned(repo) == {}
+
+    # A training parameter: training (both methods) and everything after it.
+    edit_params(repo, lambda raw: raw["presets"]["tiny"].update(updates_per_epoch=3))
+    plan = planned(repo)
+    assert plan.get("train") == 2 and plan.get("evaluate") == 2 and "setup" not in plan
+    edit_params(repo, lambda raw: raw["presets"]["tiny"].update(updates_per_epoch=2))
+    assert planned(repo) == {}
+
+    # An evaluation parameter: evaluate (and analyse, report) re-run, training does not.
+    models = {m: run_dir(repo, m) / "model.pt" for m in METHODS}
+    before = {m: p.stat().st_mtime_ns for m, p in models.items()}
+    edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(final_eval_episodes=2))
+    plan = planned(repo)
+    assert "train" not in plan and "setup" not in plan
+    assert plan.get("evaluate") == 2 and plan.get("report") == 1
+    snakemake(repo, "--cores", "2", TARGET)
+    assert {m: p.stat().st_mtime_ns for m, p in models.items()} == before, "training re-ran"
+    for m in METHODS:
+        assert yaml.safe_load((run_dir(repo, m) / "eval.json").read_text())["episodes"] == 2
+    assert planned(repo) == {}
+
+
+def test_report_rebuild_identical(repo):
+    report = repo / TARGET
+    first = report.read_bytes()
+    snakemake(repo, "--cores", "2", "--force", TARGET)   # the target job only (not --forcerun report: every experiment)
+    assert report.read_bytes() == first
+    assert planned(repo) == {}
+
+
+def _json_tail(text: str):
+    """The JSON document in a command's output (DVC may print notes before it)."""
+    return json.loads(text[text.index("{"):])
+
+
+def _copy_tracked(src: Path, dst: Path) -> None:
+    """What a clone of the Git repository holds: no DVC outputs, caches or Snakemake records."""
+    def ignore(directory, names):
+        rel = Path(directory).relative_to(src)
+        skip = {n for n in names if n in {"results", "logs", ".snakemake", "__pycache__", "remote"}}
+        if rel == Path("reports"):
+            skip |= {n for n in names if n.endswith(".html")}
+        if rel == Path("benchmarks"):
+            skip |= {"runs"}
+        if rel == Path(".dvc"):
+            skip |= {"cache", "tmp"}
+        return skip
+
+    shutil.copytree(src, dst, ignore=ignore, symlinks=True)
+
+
+def test_dvc_push_pull(repo, tmp_path):
+    if shutil.which("dvc", path=_env()["PATH"]) is None:
+        pytest.skip("dvc is not installed")
+    # The tiny experiment gets a stage like the others; DVC without Git (the temporary copy has none).
+    dvc_yaml = repo / "dvc.yaml"
+    text = dvc_yaml.read_text()
+    if f"- {EXPERIMENT}\n" not in text:
+        text = re.sub(r"(foreach:\n)", rf"\1      - {EXPERIMENT}\n", text, count=1)
+        dvc_yaml.write_text(text)
+    if not (repo / ".dvc").exists():
+        sh(repo, "dvc", "init", "--no-scm", "-q")
+        sh(repo, "dvc", "config", "core.analytics", "false")
+    remote = tmp_path / "remote"
+    sh(repo, "dvc", "remote", "add", "-f", "-d", "local", str(remote))
+    sh(repo, "dvc", "repro", f"experiment@{EXPERIMENT}")       # snakemake finds nothing to do; DVC records
+    sh(repo, "dvc", "push")
+    assert "up to date" in sh(repo, "dvc", "status", f"experiment@{EXPERIMENT}")
+    shown = _json_tail(sh(repo, "dvc", "metrics", "show", "--json", f"metrics/{EXPERIMENT}.json"))
+    assert set(shown[""]["data"][f"metrics/{EXPERIMENT}.json"]["data"]["methods"]) == set(METHODS)
+
+    fresh = tmp_path / "fresh"
+    _copy_tracked(repo, fresh)
+    sh(fresh, "dvc", "pull", f"experiment@{EXPERIMENT}")   # stages never run have nothing to pull
+    for rel in (TARGET, f"metrics/{EXPERIMENT}.json", f"results/{EXPERIMENT}/d2r/seed0/model.pt"):
+        assert (fresh / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    assert not (fresh / "results" / EXPERIMENT / "d2r" / "seed0" / "checkpoints").exists()
+    # No .snakemake records and file times in DVC's order: take the pulled results as they are,
+    # once (README "Sharing results with DVC"); then Snakemake has nothing to do ...
+    snakemake(fresh, "--touch", "--forceall", TARGET)
+    assert planned(fresh) == {}
+    for rel in (TARGET, f"metrics/{EXPERIMENT}.json"):
+        assert (fresh / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    # ... and sees a later parameter change like in the original tree.
+    edit_params(fresh, lambda raw: raw["experiments"][EXPERIMENT].update(final_eval_episodes=3))
+    plan = planned(fresh)
+    assert "train" not in plan and plan.get("evaluate") == 2

@@ -1,0 +1,156 @@
+# Helpers shared by the rules: checked parameters, wildcard constraints, the d2r sources each
+# job runs, and the parameters each job depends on.
+#
+# What re-runs what. Snakemake's own triggers, nothing custom:
+# - params: each rule's `params:` holds exactly what its job depends on in params.yaml
+#   (train: RunConfig.training_dict() as JSON; evaluate: final_eval_episodes; ...), so a changed
+#   parameter re-runs the jobs that read it, and what comes after them;
+# - input: the d2r source files a job runs are inputs, so editing one re-runs the jobs that run it
+#   (Snakemake compares checksums of small inputs, so a checkout that only changes file times
+#   re-runs nothing);
+# - code: the rule's command.
+# These triggers use Snakemake's records in .snakemake/ and file times. A fresh clone after
+# `dvc pull` has neither records nor meaningful file times: there, run once
+#     snakemake --touch --forceall reports/<experiment>.html
+# (marks the pulled results as up to date and writes the records; see README "Sharing results").
+import os
+import shlex
+import shutil
+from glob import glob
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from d2r.config import ParamsError, fingerprint, parse_params
+
+# The jobs read params.yaml themselves; `--config`/`--configfile` overrides would not reach them.
+with open(PARAMS_FILE) as _f:
+    if yaml.safe_load(_f) != config:
+        raise WorkflowError(
+            f"the Snakemake config differs from {PARAMS_FILE}; the jobs read {PARAMS_FILE} itself, so "
+            "--config/--configfile overrides are not supported: edit params.yaml "
+            "(or use `dvc exp run -S key=value`)"
+        )
+
+try:
+    PARAMS = parse_params(config, PARAMS_FILE)
+except ParamsError as _err:
+    raise WorkflowError(f"invalid parameters: {_err}") from None
+
+EXPERIMENTS = list(PARAMS.experiments)
+# The interpreter running Snakemake runs the jobs too. Used in the commands directly, not as a
+# param: moving the virtualenv must not re-run anything. Likewise params.yaml is not an input
+# (any edit would re-run every job); each rule's `params:` holds the part its job reads.
+PYTHON = shlex.quote(sys.executable)
+
+
+wildcard_constraints:
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    method=r"[a-z0-9][a-z0-9-]*",
+    seed=r"\d+",
+
+
+# Results without Snakemake's records: most likely a fresh clone after `dvc pull`.
+def _has_records() -> bool:
+    return os.path.isdir(".snakemake/metadata") and any(os.scandir(".snakemake/metadata"))
+
+
+if not _has_records() and any(
+    os.path.exists(f"results/{e}/environment.json") for e in EXPERIMENTS
+):
+    sys.stderr.write(
+        "note: results/ holds outputs but .snakemake/ has no records of them (a fresh clone after "
+        "`dvc pull`?). If `dvc status` says they are up to date, run once\n"
+        "    snakemake --touch --forceall reports/<experiment>.html\n"
+        "so that Snakemake takes them as up to date (DVC does not keep file times).\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, threads, GPU resource.
+
+
+def _cuda_present() -> bool:
+    """A cheap guess, without importing torch, of whether this machine has an NVIDIA GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
+
+
+# resources: gpu = 1 for a job that will use CUDA (device cuda, or auto on a machine with a GPU),
+# 0 otherwise (CPU-only machine or device cpu). The profile caps the sum at 1: one such job on
+# the GPU at a time. To share one GPU between N runs, or to use N GPUs: --resources gpu=N.
+GPU_PER_JOB = 1 if PARAMS.device == "cuda" or (PARAMS.device == "auto" and _cuda_present()) else 0
+# threads: on a CPU one thread per training run gives the most throughput per core (independent
+# runs fill the cores); on a GPU a second thread keeps environment stepping off the critical
+# path. Snakemake exports OMP_NUM_THREADS etc. = threads to the job. Override: --set-threads train=4.
+TRAIN_THREADS = 2 if GPU_PER_JOB else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# d2r sources each job runs (listed as its inputs, so that editing one re-runs the job).
+
+_CORE = ["d2r/__init__.py", "d2r/__main__.py", "d2r/cli.py", "d2r/config.py", "d2r/io.py",
+         "d2r/params.schema.yaml"]
+# Training and evaluation import most of the package: all of it except the downstream jobs.
+_NOT_TRAINING = {"d2r/analyse.py", "d2r/report.py"}
+_PACKAGE = sorted(set(glob("d2r/*.py") + glob("d2r/nets/*.py") + _CORE) - _NOT_TRAINING)
+
+SOURCES = {
+    "setup": sorted(set(_CORE + ["d2r/setup.py", "d2r/envs.py"])),
+    "train": _PACKAGE,
+    "evaluate": _PACKAGE,
+    "analyse": sorted(set(_CORE + ["d2r/analyse.py"])),
+    "report": sorted(set(_CORE + ["d2r/report.py"])),
+}
+for _step, _files in SOURCES.items():
+    _missing = [f for f in _files if not os.path.exists(f)]
+    if _missing:
+        raise WorkflowError(f"d2r sources of the {_step} job are missing: {', '.join(_missing)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters of each job (each rule's `params:`).
+
+
+def training_json(w) -> str:
+    """RunConfig.training_dict() as canonical JSON text: everything training depends on."""
+    return fingerprint(PARAMS.run(w.experiment, w.method, int(w.seed)).training_dict())
+
+
+def setup_json(w) -> str:
+    exp = PARAMS.experiment(w.experiment)
+    return fingerprint({"benchmark": exp.benchmark, "tasks": list(exp.tasks), "goal_mode": exp.goal_mode,
+                        "env": config["env"], "device": PARAMS.device})
+
+
+def final_eval_episodes(w) -> int:
+    PARAMS.run(w.experiment, w.method, int(w.seed))  # a clear error for an unknown method or seed
+    return PARAMS.experiment(w.experiment).final_eval_episodes
+
+
+def report_json(w) -> str:
+    """The experiment's section of params.yaml and its methods' (the report shows them)."""
+    raw = config["experiments"][PARAMS.experiment(w.experiment).name]
+    return fingerprint({"experiment": raw, "methods": {m: config["methods"][m] for m in raw["methods"]}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs of the report: every run of the experiment.
+
+
+def experiment_runs(experiment: str) -> list[str]:
+    exp = PARAMS.experiment(experiment)
+    return [f"results/{experiment}/{m}/seed{s}" for m in exp.methods for s in exp.seeds]
+
+
+def report_inputs(w) -> dict:
+    runs = experiment_runs(w.experiment)
+    return {
+        "env": f"results/{w.experiment}/environment.json",
+        "runs": [f"{d}/run.json" for d in runs],
+        "eval_logs": [f"{d}/eval_log.jsonl" for d in runs],
+        "evals": [f"{d}/eval.json" for d in runs],
+        "routes": [f"{d}/routes.json" for d in runs],
+    }

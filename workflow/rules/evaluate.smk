@@ -1,0 +1,26 @@
+# evaluate: final rollouts of the trained policy with greedy routes and deterministic actions,
+# final_eval_episodes episodes per task: per-task success and return, and the routes taken.
+# Changing final_eval_episodes re-runs this job (and analyse, report), not training.
+
+
+rule evaluate:
+    input:
+        model="results/{experiment}/{method}/seed{seed}/model.pt",
+        run="results/{experiment}/{method}/seed{seed}/run.json",
+        sources=SOURCES["evaluate"],
+    output:
+        eval="results/{experiment}/{method}/seed{seed}/eval.json",
+    params:
+        final_eval_episodes=final_eval_episodes,
+    log:
+        "logs/{experiment}/{method}/seed{seed}/evaluate.log",
+    benchmark:
+        "benchmarks/runs/{experiment}/{method}/seed{seed}/evaluate.tsv"
+    threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
+    shell:
+        "{PYTHON} -m d2r evaluate --params {PARAMS_FILE} --experiment {wildcards.experiment}"
+        " --method {wildcards.method} --seed {wildcards.seed}"
+        " --run-dir results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
+        " --out {output.eval} > {log} 2>&1"

@@ -1,0 +1,24 @@
+# setup: record versions of python, torch, mujoco, metaworld, ..., resolve the device, and build
+# the experiment's task set once, so that a broken install fails at once with a clear message.
+# Highest priority: it runs before the training jobs start. Training does not take its output
+# as input, so a re-run of setup (say, setup.py edited) does not re-train anything.
+
+
+rule setup:
+    input:
+        sources=SOURCES["setup"],
+    output:
+        env="results/{experiment}/environment.json",
+    params:
+        setup=setup_json,
+    log:
+        "logs/{experiment}/setup.log",
+    benchmark:
+        "benchmarks/runs/{experiment}/setup.tsv"
+    priority: 100
+    threads: 1
+    resources:
+        gpu=0,
+    shell:
+        "{PYTHON} -m d2r setup --params {PARAMS_FILE} --experiment {wildcards.experiment}"
+        " --out {output.env} > {log} 2>&1"
