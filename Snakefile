@@ -32,6 +32,21 @@ include: "workflow/rules/analyse.smk"
 include: "workflow/rules/report.smk"
 
 
+# On a cluster (snakemake --profile profiles/slurm; README "Running on a Slurm cluster"): setup,
+# train and evaluate are Slurm jobs; these few-second file-reading jobs run in the Snakemake
+# process itself instead of waiting in the queue.
+localrules:
+    all,
+    analyse,
+    report,
+
+
+# `gpu` counts GPUs of this machine (profiles/default caps it at 1). On Slurm each job's GPUs are
+# on its own node and Slurm does the accounting: a local scope keeps the cap off those jobs.
+resource_scopes:
+    gpu="local",
+
+
 rule all:
     """Every experiment's report and metrics (weeks on a CPU: name one target instead)."""
     default_target: True

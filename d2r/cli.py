@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # A refused or unreadable checkpoint/model file: one clear line, no traceback. (Imported
+        # here: only a job that has read a checkpoint can raise it, and torch is loaded by then.)
+        from d2r.checkpoint import CheckpointError
+
+        if not isinstance(err, CheckpointError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,24 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class ClusterResources:
+    """What one Slurm job of a budget preset asks for (params.yaml `cluster:`; profiles/slurm).
+
+    Read only by the Snakemake rules (resources), never by the jobs: editing it re-runs nothing."""
+
+    runtime_min: int              # wall-time limit of a training job, minutes
+    eval_runtime_min: int         # of an evaluation job (and setup's), minutes
+    mem_mb: int                   # memory of a training / evaluation job
+    cpus: int                     # CPU cores of a training job (its threads)
+    gpus: int                     # 0 or 1: a run uses at most one device
+    gpu_model: str | None = None  # Slurm GPU type (--gpus=<model>:1), e.g. a100; None: any
+
+
+#: for presets without an entry in `cluster:` when `cluster.default` is not given either
+DEFAULT_CLUSTER_RESOURCES = ClusterResources(runtime_min=60, eval_runtime_min=30, mem_mb=4000, cpus=1, gpus=0)
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str
     net: str                      # network kind: d2r | mtsac | mhsac | moe | softmod
@@ -86,6 +105,7 @@ class ExperimentConfig:
     preset: str
     budget: BudgetConfig
     final_eval_episodes: int
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # over the top-level `train`
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,13 @@ class Params:
     methods: dict[str, MethodConfig]
     experiments: dict[str, ExperimentConfig]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # Slurm resources by preset name (and "default"); see cluster_resources().
+    cluster: dict[str, ClusterResources] = field(default_factory=dict)
+
+    def cluster_resources(self, preset: str) -> ClusterResources:
+        """The Slurm resources of a preset's jobs: `cluster.<preset>`, else `cluster.default`,
+        else DEFAULT_CLUSTER_RESOURCES."""
+        return self.cluster.get(preset) or self.cluster.get("default") or DEFAULT_CLUSTER_RESOURCES
 
     def experiment(self, name: str) -> ExperimentConfig:
         if name not in self.experiments:
@@ -126,7 +153,8 @@ class Params:
             raise ParamsError(f"method {method!r} is not in experiments.{experiment}.methods {list(exp.methods)}")
         if seed not in exp.seeds:
             raise ParamsError(f"seed {seed} is not in experiments.{experiment}.seeds {list(exp.seeds)}")
-        return RunConfig(exp, self.methods[method], seed, self.env, self.sac, self.device)
+        sac = dataclasses.replace(self.sac, **exp.train_overrides)
+        return RunConfig(exp, self.methods[method], seed, self.env, sac, self.device)
 
 
 def _key_path(path) -> str:
@@ -136,20 +164,81 @@ def _key_path(path) -> str:
     return out or "(top level)"
 
 
+@functools.lru_cache(maxsize=1)
 def _load_schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def _strict_integer(checker, instance) -> bool:
+    # JSON Schema counts 6.0 as an integer; a count of 6.0 would reach range() as a float.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+
+def _check_keys(node: Any, path: list, source: str) -> None:
+    """Every mapping key is a string (YAML reads `1:` or `on:` as a number or a boolean)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise ParamsError(f"{source}: {_key_path(path)}: key {key!r} is not a string (quote it)")
+            _check_keys(value, [*path, key], source)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_keys(value, [*path, i], source)
+
+
+def _schema_error(err: jsonschema.ValidationError, source: str, prefix: tuple = ()) -> ParamsError:
+    """One line naming the key path (`prefix` + the error's path) of a schema violation."""
+    path, message = [*prefix, *err.absolute_path], err.message
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = err.schema.get("properties", {})
+        unknown = [k for k in err.instance if k not in known]
+        path.append(unknown[0])
+        message = "unknown key" + (f" (also unknown: {', '.join(unknown[1:])})" if unknown[1:] else "") + (
+            f"; known keys: {', '.join(known)}" if known else "")
+    elif "propertyNames" in err.schema_path:  # a name that breaks the naming rule: name it in the path
+        path.append(err.instance)
+        if err.validator == "pattern":
+            message = f"invalid name {err.instance!r} (names must match {err.validator_value})"
+    return ParamsError(f"{source}: {_key_path(path)}: {message}")
+
+
+def _relevance(err: jsonschema.ValidationError):
+    # jsonschema's ranking, except that "non-unique elements" yields to an element's own error
+    # (seeds [1.0, 1]: the wrong type of seeds[0] is the problem, not the duplicate it makes).
+    return err.validator != "uniqueItems", jsonschema.exceptions.relevance(err)
+
+
 def _check_schema(raw: Any, source: str) -> None:
-    validator = jsonschema.Draft202012Validator(_load_schema())
+    _check_keys(raw, [], source)
+    validator = _Validator(_load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
-        err = jsonschema.exceptions.best_match(errors)
-        where = _key_path(err.absolute_path)
-        message = err.message
-        if err.validator == "additionalProperties":
-            message = message.replace("Additional properties are not allowed", "unknown key")
-        raise ParamsError(f"{source}: {where}: {message}")
+        raise _schema_error(jsonschema.exceptions.best_match(errors, key=_relevance), source)
+
+
+def _check_net_args(name: str, kind: str, net_args: dict, overrides: dict, source: str) -> None:
+    """A method's sizes (the kind's, with its overrides) against the schema of nets.<kind>."""
+    schema = _load_schema()
+    sub = {"$defs": schema.get("$defs", {}), **schema["properties"]["nets"]["properties"][kind]}
+    err = jsonschema.exceptions.best_match(_Validator(sub).iter_errors(net_args))
+    if err is not None:
+        key = err.absolute_path[0] if err.absolute_path else None
+        prefix = ["methods", name, "net_args"] if key in overrides else ["nets", kind]
+        raise _schema_error(err, source, tuple(prefix))
+
+
+def _check_top_k(net_args: dict, path: list[str], source: str) -> None:
+    if net_args["top_k"] > net_args["num_modules"]:
+        raise ParamsError(
+            f"{source}: {_key_path(path)}: top_k {net_args['top_k']} is larger than num_modules "
+            f"{net_args['num_modules']}"
+        )
 
 
 def _method(name: str, raw_method: dict, nets: dict, source: str) -> MethodConfig:
@@ -163,11 +252,11 @@ def _method(name: str, raw_method: dict, nets: dict, source: str) -> MethodConfi
                 f"(known: {', '.join(sorted(allowed))})"
             )
     net_args.update(overrides)
-    if raw_method["net"] == "d2r" and net_args["top_k"] > net_args["num_modules"]:
-        raise ParamsError(
-            f"{source}: methods.{name}: top_k {net_args['top_k']} is larger than num_modules "
-            f"{net_args['num_modules']}"
-        )
+    _check_net_args(name, raw_method["net"], net_args, overrides, source)
+    if raw_method["net"] == "d2r":
+        key = "top_k" if "top_k" in overrides else "num_modules"
+        _check_top_k(net_args, ["methods", name, "net_args", key] if key in overrides else ["nets", "d2r", "top_k"],
+                     source)
     fields = {k: v for k, v in raw_method.items() if k not in ("net", "net_args")}
     return MethodConfig(name=name, net=raw_method["net"], net_args=net_args, **fields)
 
@@ -179,7 +268,11 @@ def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: s
     try:
         tasks = tuple(resolve_tasks(raw_exp["benchmark"], raw_exp["tasks"]))
     except ValueError as err:
-        raise ParamsError(f"{where}.tasks: {err}") from None
+        at = ".tasks"
+        if isinstance(raw_exp["tasks"], list):  # name the first entry that fails
+            at += next(f"[{i}]" for i in range(len(raw_exp["tasks"]))
+                       if not _resolves(raw_exp["benchmark"], raw_exp["tasks"][: i + 1]))
+        raise ParamsError(f"{where}{at}: {err}") from None
     for i, method in enumerate(raw_exp["methods"]):
         if method not in methods:
             raise ParamsError(f"{where}.methods[{i}]: unknown method {method!r} (known: {', '.join(methods)})")
@@ -198,12 +291,36 @@ def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: s
         preset=raw_exp["preset"],
         budget=budget,
         final_eval_episodes=raw_exp["final_eval_episodes"],
+        train_overrides=dict(raw_exp.get("train", {})),
     )
+
+
+def _resolves(benchmark: str, tasks: list) -> bool:
+    from d2r.envs import resolve_tasks
+
+    try:
+        resolve_tasks(benchmark, tasks)
+    except ValueError:
+        return False
+    return True
+
+
+def _cluster(raw: dict, source: str) -> dict[str, ClusterResources]:
+    """`cluster:` (optional): an entry per preset name, or `default` for presets without one."""
+    cluster = raw.get("cluster") or {}
+    for name in cluster:
+        if name != "default" and name not in raw["presets"]:
+            raise ParamsError(
+                f"{source}: cluster.{name}: unknown preset {name!r} (known: {', '.join(raw['presets'])}; "
+                "or default)"
+            )
+    return {name: ClusterResources(**entry) for name, entry in cluster.items()}
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as read from YAML) and build the typed configuration."""
     _check_schema(raw, source)
+    _check_top_k(raw["nets"]["d2r"], ["nets", "d2r", "top_k"], source)
     methods = {name: _method(name, m, raw["nets"], source) for name, m in raw["methods"].items()}
     experiments = {name: _experiment(name, e, raw, methods, source) for name, e in raw["experiments"].items()}
     return Params(
@@ -213,6 +330,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         methods=methods,
         experiments=experiments,
         raw=raw,
+        cluster=_cluster(raw, source),
     )
 
 
@@ -225,23 +343,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, str(path))
-
-
-def run_from_json(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from RunConfig.training_dict() plus final_eval_episodes (checkpoint metadata)."""
-    data = copy.deepcopy(data)
-    exp = data["experiment"]
-    exp["budget"] = BudgetConfig(**exp["budget"])
-    exp["tasks"], exp["methods"], exp["seeds"] = tuple(exp["tasks"]), tuple(exp["methods"]), tuple(exp["seeds"])
-    exp.setdefault("final_eval_episodes", 1)
-    return RunConfig(
-        experiment=ExperimentConfig(**exp),
-        method=MethodConfig(**data["method"]),
-        seed=data["seed"],
-        env=EnvConfig(**data["env"]),
-        sac=SACConfig(**data["sac"]),
-        device=data["device"],
-    )
 
 
 def fingerprint(data: Any) -> str:

@@ -22,12 +22,15 @@ Definitions used in the report (also printed in it):
 - task difficulty = 1 - final success on the task, averaged over every method and seed of the
   experiment (so it does not favour the routed method whose depth is plotted against it).
 
-metrics/{exp}.json::
+metrics/{exp}.json (results only, so two runs with the same seed give the same bytes)::
 
     {"methods": {method: {"success_mean", "success_std", "per_task": {task: mean over seeds},
-                          "seeds", "wall_time", and for routed methods "depth_mean",
-                          "modules_used_mean"}},
-     "wall_time": seconds of training plus final evaluation, summed over every run}
+                          "seeds", and for routed methods "depth_mean", "modules_used_mean"}}}
+
+reports/{exp}.timing.json (wall times differ from run to run, so they are kept apart)::
+
+    {"methods": {method: seconds of training plus final evaluation, summed over seeds},
+     "wall_time": the same summed over every run}
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", required=True, help="results/{experiment}")
     parser.add_argument("--out", required=True, help="where to write the HTML report")
     parser.add_argument("--metrics", required=True, help="where to write the metrics JSON")
+    parser.add_argument("--timing", help="where to write the wall times JSON (optional)")
 
 
 class ReportError(ValueError):
@@ -66,9 +70,11 @@ def run(args: argparse.Namespace) -> int:
     except (ReportError, FileNotFoundError) as err:
         print(f"error: report {args.experiment}: {err}", file=sys.stderr)
         return 1
-    metrics = compute_metrics(data)
+    metrics, timing = compute_metrics(data), compute_timing(data)
     atomic_write_json(args.metrics, metrics)
-    atomic_write_text(args.out, render(data, metrics))
+    if args.timing:
+        atomic_write_json(args.timing, timing)
+    atomic_write_text(args.out, render(data, metrics, timing))
     print(f"report: {args.experiment}: {len(data.methods)} methods x {len(data.seeds)} seeds -> "
           f"{args.out}, {args.metrics}", file=sys.stderr)
     return 0
@@ -203,15 +209,18 @@ def compute_metrics(data: Data) -> dict[str, Any]:
             "success_std": _r6(std(fs)),
             "per_task": {t: _r6(mean(task_success(data, m, t))) for t in data.tasks},
             "seeds": len(data.seeds),
-            "wall_time": _r6(sum(run_wall_time(data.runs[m][s]) for s in data.seeds)),
         }
         if data.routed(m):
             entry["depth_mean"] = _r6(mean(data.runs[m][s]["routes"]["mean"]["depth"] for s in data.seeds))
             entry["modules_used_mean"] = _r6(mean(data.runs[m][s]["routes"]["mean"]["modules_used"]
                                                   for s in data.seeds))
         methods[m] = entry
-    total = sum(run_wall_time(data.runs[m][s]) for m in data.methods for s in data.seeds)
-    return {"methods": methods, "wall_time": _r6(total)}
+    return {"methods": methods}
+
+
+def compute_timing(data: Data) -> dict[str, Any]:
+    methods = {m: _r6(sum(run_wall_time(data.runs[m][s]) for s in data.seeds)) for m in data.methods}
+    return {"methods": methods, "wall_time": _r6(sum(methods.values()))}
 
 
 def curve(records_per_seed: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -637,7 +646,7 @@ def section_header(data: Data) -> str:
     return kv_table(items)
 
 
-def section_summary(data: Data, metrics: dict[str, Any]) -> str:
+def section_summary(data: Data, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
     best = max(data.methods, key=lambda m: (metrics["methods"][m]["success_mean"], -data.methods.index(m)))
     rows, classes = [], []
     for m in data.methods:
@@ -648,7 +657,7 @@ def section_summary(data: Data, metrics: dict[str, Any]) -> str:
             esc(m), pm(fs), " ".join(pct(x) for x in fs),
             f"{mm['depth_mean']:.2f}" if "depth_mean" in mm else "&ndash;",
             _fmt_int(counts.get("policy", "?")), _fmt_int(counts.get("q", "?")),
-            _fmt_seconds(mm["wall_time"]),
+            _fmt_seconds(timing["methods"][m]),
         ])
         classes.append("best" if m == best else "")
     spread = "mean &plusmn; std over seeds (population std)" if len(data.seeds) > 1 else "one seed"
@@ -726,12 +735,12 @@ def section_parameters(data: Data) -> str:
     return "".join(parts)
 
 
-def render(data: Data, metrics: dict[str, Any]) -> str:
+def render(data: Data, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
     import plotly.offline
 
     figs = Figures()
     sections: list[tuple[str, str, str]] = []   # (anchor, title, html)
-    sections.append(("summary", "Summary", section_summary(data, metrics)))
+    sections.append(("summary", "Summary", section_summary(data, metrics, timing)))
     sections.append(("curves", "Learning curves",
                      fig_learning_curves(data, figs) + fig_task_curves(data, figs)
                      + '<p class="note">Periodic evaluations during training (greedy routes, deterministic '

@@ -222,7 +222,7 @@ class Trainer:
         """Where and what: "update 37 (epoch 5): non-finite gradient in q1 from task 'reach'; ..."."""
         where = (f"update {self.updates + 1} (epoch {self.epoch + 1})" if err.during_update
                  else f"epoch {self.epoch + 1} (after update {self.updates})")
-        kept = sorted(self.checkpoint_dir.glob("ckpt-*.pt"))
+        kept = sorted(p for p in self.checkpoint_dir.glob("ckpt-*.pt") if p.with_suffix(".json").exists())
         last = (f"the last good checkpoint {kept[-1]} is intact" if kept
                 else "no checkpoint had been written yet")
         return (f"{where}: {err.describe(self.tasks)}; training stopped before saving anything from "

@@ -166,9 +166,11 @@ def synthetic_report(tmp_path_factory) -> dict[str, Path]:
             d = results / method / f"seed{seed}"
             run_d2r("analyse", "--run-dir", str(d), "--out", str(d / "routes.json"))
     report, metrics = root / "reports" / f"{SYNTH_EXPERIMENT}.html", root / "metrics" / f"{SYNTH_EXPERIMENT}.json"
+    timing = root / "reports" / f"{SYNTH_EXPERIMENT}.timing.json"
     run_d2r("report", "--params", str(params), "--experiment", SYNTH_EXPERIMENT, "--results", str(results),
-            "--out", str(report), "--metrics", str(metrics))
-    return {"root": root, "params": params, "results": results, "report": report, "metrics": metrics}
+            "--out", str(report), "--metrics", str(metrics), "--timing", str(timing))
+    return {"root": root, "params": params, "results": results, "report": report, "metrics": metrics,
+            "timing": timing}
 
 
 def chromium_binary() -> str | None:

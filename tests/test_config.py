@@ -67,7 +67,7 @@ def test_training_dict_excludes_final_evaluation():
         ("presets.smoke.epochs", -5, "presets.smoke.epochs"),
         ("experiments.smoke.seeds.1", -3, "experiments.smoke.seeds[1]"),
         ("experiments.smoke.methods", ["d2r", "ppo"], "experiments.smoke.methods[1]: unknown method 'ppo'"),
-        ("experiments.smoke.tasks", ["reach", "fly"], "experiments.smoke.tasks: unknown task 'fly'"),
+        ("experiments.smoke.tasks", ["reach", "fly"], "experiments.smoke.tasks[1]: unknown task 'fly'"),
         ("experiments.smoke.preset", "huge", "experiments.smoke.preset: unknown preset 'huge'"),
         ("experiments.smoke.benchmark", "MT20", "experiments.smoke.benchmark"),
         ("nets.d2r.top_k", 17, "top_k 17 is larger than num_modules 16"),
@@ -110,3 +110,12 @@ def test_help_lists_every_job():
     proc = subprocess.run([sys.executable, "-m", "d2r", "train", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and "--experiment" in proc.stdout and "--seed" in proc.stdout
+
+
+def test_experiment_train_overrides_apply_to_that_experiment_only():
+    params = load_params(ROOT / "params.yaml")
+    assert params.run("easy3", "d2r", 0).sac.lr_alpha == 3e-3
+    assert params.run("mt10", "d2r", 0).sac.lr_alpha == 1e-4
+    assert params.run("easy3", "d2r", 0).training_dict()["sac"]["lr_alpha"] == 3e-3  # re-trains on change
+    with pytest.raises(ParamsError, match=r"experiments\.easy3\.train"):
+        parse_params(mutated("experiments.easy3.train", {"lr_alfa": 1e-3}))

@@ -88,7 +88,8 @@ def test_report_byte_identical(synthetic_report, tmp_path):
     first_metrics = synthetic_report["metrics"].read_bytes()
     out, metrics = tmp_path / "again.html", tmp_path / "again.json"
     run_d2r("report", "--params", str(synthetic_report["params"]), "--experiment", SYNTH_EXPERIMENT,
-            "--results", str(synthetic_report["results"]), "--out", str(out), "--metrics", str(metrics))
+            "--results", str(synthetic_report["results"]), "--out", str(out), "--metrics", str(metrics),
+            "--timing", str(tmp_path / "again.timing.json"))
     assert out.read_bytes() == first
     assert metrics.read_bytes() == first_metrics
 
@@ -105,8 +106,11 @@ def test_metrics(synthetic_report):
         assert got["per_task"] == pytest.approx(want["per_task"], abs=1e-6)
         assert all(0.0 <= v <= 1.0 for v in got["per_task"].values())
     assert "depth_mean" in metrics["methods"]["d2r"] and "depth_mean" not in metrics["methods"]["mtsac"]
+    assert all("wall_time" not in entry for entry in metrics["methods"].values()) and "wall_time" not in metrics
+    timing = read_json(synthetic_report["timing"])
     runs = len(SYNTH_METHODS) * len(SYNTH_SEEDS)
-    assert metrics["wall_time"] == pytest.approx(runs * (TRAIN_WALL + EVAL_WALL))
+    assert timing["wall_time"] == pytest.approx(runs * (TRAIN_WALL + EVAL_WALL))
+    assert timing["methods"]["d2r"] == pytest.approx(len(SYNTH_SEEDS) * (TRAIN_WALL + EVAL_WALL))
 
 
 def test_report_missing_file_is_clear(synthetic_report, tmp_path):

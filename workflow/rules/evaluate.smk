@@ -18,7 +18,10 @@ rule evaluate:
         "benchmarks/runs/{experiment}/{method}/seed{seed}/evaluate.tsv"
     threads: 1
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=job_gpus,
+        runtime=eval_runtime,
+        mem_mb=job_mem_mb,
+        gpu_model=gpu_model,
     shell:
         "{PYTHON} -m d2r evaluate --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"

@@ -9,6 +9,7 @@ rule report:
     output:
         html="reports/{experiment}.html",
         metrics="metrics/{experiment}.json",
+        timing="reports/{experiment}.timing.json",
     params:
         experiment=report_json,
     log:
@@ -21,4 +22,5 @@ rule report:
     shell:
         "{PYTHON} -m d2r report --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --results results/{wildcards.experiment} --out {output.html} --metrics {output.metrics}"
+        " --timing {output.timing}"
         " > {log} 2>&1"

@@ -18,7 +18,10 @@ rule setup:
     priority: 100
     threads: 1
     resources:
-        gpu=0,
+        gpu=setup_gpus,
+        runtime=eval_runtime,
+        mem_mb=job_mem_mb,
+        gpu_model=gpu_model,
     shell:
         "{PYTHON} -m d2r setup --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --out {output.env} > {log} 2>&1"

@@ -19,9 +19,14 @@ rule train:
         "logs/{experiment}/{method}/seed{seed}/train.log",
     benchmark:
         "benchmarks/runs/{experiment}/{method}/seed{seed}/train.tsv"
-    threads: TRAIN_THREADS
+    threads: train_threads
     resources:
-        gpu=GPU_PER_JOB,
+        gpu=job_gpus,
+        # Slurm (profiles/slurm) reads these; from params.yaml `cluster:` of the preset.
+        runtime=train_runtime,
+        mem_mb=job_mem_mb,
+        cpus_per_task=train_cpus,
+        gpu_model=gpu_model,
     shell:
         "{PYTHON} -m d2r train --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
