@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2r.io import atomic_write_json, read_json
+from d2r.cli import add_run_arguments
+from d2r.io import atomic_write_json
 from d2r.nets import routes as route_ops
 from d2r.rollout import run_episode
 
@@ -64,13 +65,7 @@ def evaluate_agent(agent, envs, tasks: list[str], episodes: int) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="the parameter file (default params.yaml)")
-    parser.add_argument("--experiment", required=True, help="experiment name in params.yaml")
-    parser.add_argument("--method", required=True, help="method name in params.yaml")
-    parser.add_argument("--seed", type=int, required=True, help="run seed")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (Snakemake passes the rule's threads; more threads than "
-                             "cores makes OpenMP spin and run many times slower)")
+    add_run_arguments(parser)
     parser.add_argument("--run-dir", required=True, type=Path, help="the training run's directory (model.pt)")
     parser.add_argument("--out", required=True, type=Path, help="where to write eval.json")
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from d2r import envs as mw
 from d2r.agent import MultiTaskSAC, NonFiniteError
 from d2r.checkpoint import load_latest_checkpoint, save_checkpoint
+from d2r.cli import add_run_arguments
 from d2r.collect import Collector, Episode
 from d2r.config import RunConfig, load_params
 from d2r.evaluate import evaluate_agent
@@ -296,13 +297,7 @@ class Trainer:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="the parameter file (default params.yaml)")
-    parser.add_argument("--experiment", required=True, help="experiment name in params.yaml")
-    parser.add_argument("--method", required=True, help="method name in params.yaml")
-    parser.add_argument("--seed", type=int, required=True, help="run seed")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (Snakemake passes the rule's threads; more threads than "
-                             "cores makes OpenMP spin and run many times slower)")
+    add_run_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model.pt)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
