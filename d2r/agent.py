@@ -143,13 +143,8 @@ class MultiTaskSAC(nn.Module):
 
     def _task_loss(self, per_sample: torch.Tensor, data_ok: torch.Tensor | None = None):
         """Weighted mean over tasks of per-task losses, dropping tasks whose loss exceeds the threshold
-        or is not finite: (loss, keep [T] float)."""
-        loss, keep, _ = self._masked_task_loss(per_sample, data_ok)
-        return loss, keep
-
-    def _masked_task_loss(self, per_sample: torch.Tensor, data_ok: torch.Tensor | None):
-        """_task_loss, also dropping tasks whose sampled transitions were not finite (`data_ok` [T]
-        False): (loss, keep [T] float, finite [T] bool).
+        or is not finite, or whose sampled transitions were not finite (`data_ok` [T] False):
+        (loss, keep [T] float, finite [T] bool).
 
         A dropped task contributes exactly zero to the loss and to every gradient (torch.where, not a
         product with the mask, so a NaN of a dropped task does not leak); kept tasks' values are
@@ -229,8 +224,8 @@ class MultiTaskSAC(nn.Module):
         q_kw = dict(route_mode="sampled", temperature=self.temperature, resrouting=routed and self.method.resrouting)
         q1 = self.q1(sa, batch.task, **q_kw)[0].squeeze(-1)
         q2 = self.q2(sa, batch.task, **q_kw)[0].squeeze(-1)
-        q1_loss, q1_keep, q1_finite = self._masked_task_loss((q1 - target) ** 2, data_ok)
-        q2_loss, q2_keep, q2_finite = self._masked_task_loss((q2 - target) ** 2, data_ok)
+        q1_loss, q1_keep, q1_finite = self._task_loss((q1 - target) ** 2, data_ok)
+        q2_loss, q2_keep, q2_finite = self._task_loss((q2 - target) ** 2, data_ok)
         self.q_optim.zero_grad(set_to_none=True)
         (q1_loss + q2_loss).backward()
         # The clipping norms double as the gradient check: NaN/Inf anywhere makes the norm non-finite.
@@ -251,7 +246,7 @@ class MultiTaskSAC(nn.Module):
         new_sa = torch.cat([batch.state, new_action], dim=-1)
         # Gradient reaches the action through the Qs, but the Qs' own weights are not in this optimiser.
         q_new = torch.min(self.q1(new_sa, batch.task)[0], self.q2(new_sa, batch.task)[0]).squeeze(-1)
-        pi_loss, pi_keep, pi_finite = self._masked_task_loss(alpha * log_prob - q_new, data_ok)
+        pi_loss, pi_keep, pi_finite = self._task_loss(alpha * log_prob - q_new, data_ok)
         self.policy_optim.zero_grad(set_to_none=True)
         pi_loss.backward()
         pi_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), sac.grad_clip)

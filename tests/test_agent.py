@@ -93,7 +93,7 @@ def test_extreme_task_loss_is_dropped():
     """A task whose Q loss exceeds the threshold contributes no gradient that step."""
     agent = make_agent(sac=dataclasses.replace(SAC, loss_mask_threshold=50.0))
     per_sample = torch.cat([torch.full((4,), 1.0), torch.full((4,), 100.0), torch.full((4,), 2.0)]).requires_grad_()
-    loss, keep = agent._task_loss(per_sample)
+    loss, keep, _ = agent._task_loss(per_sample)
     assert keep.tolist() == [1.0, 0.0, 1.0]
     loss.backward()
     assert per_sample.grad[4:8].abs().sum() == 0 and per_sample.grad[:4].abs().sum() > 0
