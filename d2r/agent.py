@@ -44,6 +44,14 @@ def _all_finite(values) -> bool:
     return bool(torch.isfinite(torch.stack(values)).all())
 
 
+@torch.no_grad()
+def behaviour_action(policy: "TanhGaussianPolicy", temperature: torch.Tensor, state, task,
+                     generator: torch.Generator | None = None):
+    """Data collection: a route sampled with the per-task temperatures, a sampled action."""
+    action, _, route = policy.sample(state, task, generator, route_mode="sampled", temperature=temperature)
+    return action, route
+
+
 class TanhGaussianPolicy(nn.Module):
     """Policy head around a multi-task network whose output is [mean; log-std]."""
 
@@ -125,12 +133,8 @@ class MultiTaskSAC(nn.Module):
             self.temperature.fill_(self.method.temperature)
 
     # ---- acting -------------------------------------------------------------------------
-    @torch.no_grad()
     def act(self, state: torch.Tensor, task: torch.Tensor, generator: torch.Generator | None = None):
-        """Data collection: sampled route with per-task temperature, sampled action."""
-        action, _, route = self.policy.sample(state, task, generator, route_mode="sampled",
-                                              temperature=self.temperature)
-        return action, route
+        return behaviour_action(self.policy, self.temperature, state, task, generator)
 
     @torch.no_grad()
     def act_greedy(self, state: torch.Tensor, task: torch.Tensor):

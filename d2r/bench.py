@@ -92,7 +92,7 @@ def make_agent(params, method: str, num_tasks: int, device) -> MultiTaskSAC:
 def filled_buffer(agent: MultiTaskSAC, num_tasks: int, steps: int, device) -> TaskReplayBuffer:
     net = agent.policy.net
     buf = TaskReplayBuffer(num_tasks, steps, mw.STATE_DIM, mw.ACTION_DIM,
-                           net.route_shape if net.routed else None, seed=0, device=device)
+                           net.route_shape, seed=0, device=device)
     task = torch.arange(num_tasks, device=device)
     for _ in range(steps):
         s = torch.randn(num_tasks, mw.STATE_DIM, device=device)

@@ -45,11 +45,20 @@ def checkpoint_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.glob("ckpt-*.pt") if _NAME.fullmatch(p.name))
 
 
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_model(path: str | Path, state_dict: dict[str, Any]) -> None:
+    """Final weights (model.pt), written atomically; read back with load_checkpoint_file."""
+    atomic_write_bytes(path, _torch_bytes(state_dict))
+
+
 def save_checkpoint(directory: str | Path, epoch: int, state: dict[str, Any]) -> Path:
     directory = Path(directory)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    data = buffer.getvalue()
+    data = _torch_bytes(state)
     path = directory / f"ckpt-{epoch:07d}.pt"
     atomic_write_bytes(path, data)
     # The sidecar is written last: a checkpoint counts only once its checksum exists.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from d2r.agent import behaviour_action
 from d2r.rollout import run_episode
 
 
@@ -42,11 +43,8 @@ class Collector:
         self.policy.load_state_dict(self.agent.policy.state_dict())
         self.temperature.copy_(self.agent.temperature)
 
-    @torch.no_grad()
     def _act(self, state, task):
-        action, _, route = self.policy.sample(state, task, self.generator, route_mode="sampled",
-                                              temperature=self.temperature)
-        return action, route
+        return behaviour_action(self.policy, self.temperature, state, task, self.generator)
 
     def _episode(self) -> Episode:
         transitions = []

@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from d2r.config import load_params
-    from d2r.envs import make_task_envs
-    from d2r.train import build_agent, resolve_device
+    from d2r.checkpoint import load_checkpoint_file
+    from d2r.train import build_agent, make_run_envs, resolve_device
 
     run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
     if args.threads:
@@ -85,14 +85,8 @@ def run(args) -> int:
     device = resolve_device(run_cfg.device)
     torch.manual_seed(run_cfg.seed)
     agent = build_agent(run_cfg, device)
-    from d2r.checkpoint import load_checkpoint_file
-
     agent.load_state_dict(load_checkpoint_file(model_path, map_location=device))
-    envs = make_task_envs(
-        list(exp.tasks), run_cfg.seed, goal_mode=exp.goal_mode, max_episode_steps=run_cfg.env.max_episode_steps,
-        reward_version=run_cfg.env.reward_version, vector_strategy=run_cfg.env.vector_strategy,
-        stream=FINAL_EVAL_STREAM,
-    )
+    envs = make_run_envs(run_cfg, FINAL_EVAL_STREAM)
     start = time.perf_counter()
     try:
         result = evaluate_agent(agent, envs, list(exp.tasks), exp.final_eval_episodes)

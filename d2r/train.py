@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from d2r import envs as mw
 from d2r.agent import MultiTaskSAC, NonFiniteError
-from d2r.checkpoint import load_latest_checkpoint, save_checkpoint
+from d2r.checkpoint import checkpoint_files, load_latest_checkpoint, save_checkpoint, save_model
 from d2r.cli import add_run_arguments
 from d2r.collect import Collector, Episode
 from d2r.config import RunConfig, load_params
@@ -45,6 +45,13 @@ def resolve_device(name: str) -> torch.device:
 
 def build_agent(run: RunConfig, device: torch.device) -> MultiTaskSAC:
     return MultiTaskSAC(run.method, run.sac, mw.STATE_DIM, mw.ACTION_DIM, len(run.experiment.tasks), device)
+
+
+def make_run_envs(run: RunConfig, stream: int):
+    """The run's task set as a vector env; `stream` separates training, evaluation, final evaluation."""
+    return mw.make_task_envs(list(run.experiment.tasks), run.seed, goal_mode=run.experiment.goal_mode,
+                             max_episode_steps=run.env.max_episode_steps, reward_version=run.env.reward_version,
+                             vector_strategy=run.env.vector_strategy, stream=stream)
 
 
 def seed_everything(seed: int) -> None:
@@ -115,15 +122,13 @@ class Trainer:
         self.config_json = dump_json(run.training_dict())
         seed_everything(run.seed)
 
-        env_kw = dict(goal_mode=self.exp.goal_mode, max_episode_steps=run.env.max_episode_steps,
-                      reward_version=run.env.reward_version, vector_strategy=run.env.vector_strategy)
-        self.envs = mw.make_task_envs(self.tasks, run.seed, stream=TRAIN_STREAM, **env_kw)
-        self.eval_envs = mw.make_task_envs(self.tasks, run.seed, stream=EVAL_STREAM, **env_kw)
+        self.envs = make_run_envs(run, TRAIN_STREAM)
+        self.eval_envs = make_run_envs(run, EVAL_STREAM)
         self.agent = build_agent(run, self.device)
         net = self.agent.policy.net
         self.buffer = TaskReplayBuffer(
             len(self.tasks), max(1, self.budget.replay_size // len(self.tasks)), mw.STATE_DIM, mw.ACTION_DIM,
-            net.route_shape if getattr(net, "routed", False) else None, seed=run.seed, device=self.device,
+            net.route_shape, seed=run.seed, device=self.device,
         )
         self.collector = Collector(self.agent, self.envs, self.device, seed=run.seed,
                                    cut_on_truncation=not run.sac.bootstrap_on_truncation)
@@ -223,7 +228,7 @@ class Trainer:
         """Where and what: "update 37 (epoch 5): non-finite gradient in q1 from task 'reach'; ..."."""
         where = (f"update {self.updates + 1} (epoch {self.epoch + 1})" if err.during_update
                  else f"epoch {self.epoch + 1} (after update {self.updates})")
-        kept = sorted(p for p in self.checkpoint_dir.glob("ckpt-*.pt") if p.with_suffix(".json").exists())
+        kept = [p for p in checkpoint_files(self.checkpoint_dir) if p.with_suffix(".json").exists()]
         last = (f"the last good checkpoint {kept[-1]} is intact" if kept
                 else "no checkpoint had been written yet")
         return (f"{where}: {err.describe(self.tasks)}; training stopped before saving anything from "
@@ -279,11 +284,7 @@ class Trainer:
         self.finish()
 
     def finish(self) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        torch.save(self.agent.state_dict(), buffer)
-        atomic_write_bytes(self.out_dir / "model.pt", buffer.getvalue())
+        save_model(self.out_dir / "model.pt", self.agent.state_dict())
         atomic_write_json(self.out_dir / "run.json", {
             "config": self.run.training_dict(),
             "param_counts": {"policy": parameter_count(self.agent.policy), "q": parameter_count(self.agent.q1)},
