@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,19 @@ class NonFiniteError(FloatingPointError):
             names = ", ".join(repr(task_names[t]) if task_names else str(t) for t in self.tasks)
             text += f" from task{'s' if len(self.tasks) > 1 else ''} {names}"
         return text
+
+
+@contextmanager
+def _frozen(*nets: nn.Module):
+    """Parameters of `nets` not requiring grad inside the block (autograd records that at forward)."""
+    params = [p for net in nets for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _all_finite(values) -> bool:
@@ -248,8 +262,10 @@ class MultiTaskSAC(nn.Module):
             pi_kw = dict(route_mode="greedy")
         new_action, log_prob, _ = self.policy.sample(batch.state, batch.task, **pi_kw)
         new_sa = torch.cat([batch.state, new_action], dim=-1)
-        # Gradient reaches the action through the Qs, but the Qs' own weights are not in this optimiser.
-        q_new = torch.min(self.q1(new_sa, batch.task)[0], self.q2(new_sa, batch.task)[0]).squeeze(-1)
+        # Gradient reaches the action through the Qs; their own weights are frozen for this
+        # forward, so the backward skips their weight gradients (which the actor would discard).
+        with _frozen(self.q1, self.q2):
+            q_new = torch.min(self.q1(new_sa, batch.task)[0], self.q2(new_sa, batch.task)[0]).squeeze(-1)
         pi_loss, pi_keep, pi_finite = self._task_loss(alpha * log_prob - q_new, data_ok)
         self.policy_optim.zero_grad(set_to_none=True)
         pi_loss.backward()
@@ -267,7 +283,6 @@ class MultiTaskSAC(nn.Module):
                               {"policy": (pi_loss.detach(), self._per_task((alpha * log_prob - q_new).detach())),
                                "alpha": (alpha_loss.detach(), None)})
         self.policy_optim.step()
-        self.q_optim.zero_grad(set_to_none=True)  # drop the gradient the actor loss left on the Qs
         self.alpha_optim.step()
         with torch.no_grad():
             self.log_alpha.clamp_(max=0.0)

@@ -74,14 +74,17 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn, reps: int, device: torch.device) -> float:
-    """Seconds per call (one warm-up call first)."""
+    """Median seconds per call (one warm-up call first): robust to a busy neighbour on a shared
+    machine, which the mean is not."""
     fn()
     _sync(device)
-    start = time.perf_counter()
+    times = []
     for _ in range(reps):
+        start = time.perf_counter()
         fn()
-    _sync(device)
-    return (time.perf_counter() - start) / reps
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def make_agent(params, method: str, num_tasks: int, device) -> MultiTaskSAC:
@@ -258,7 +261,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
     device = resolve_device(args.device)
-    reps = 2 if args.quick else 10
+    reps = 3 if args.quick else 10
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
 

@@ -79,6 +79,30 @@ def test_update_trains_every_network_and_clamps_log_alpha():
     assert (after[tk] - before[tk]).abs().max() < (after[k] - before[tk]).abs().max()
 
 
+def test_actor_step_leaves_the_critics_gradients_alone():
+    """The Qs are frozen during the actor's forward: after the update their gradients are
+    exactly those of the critic step, while the policy still learns through them."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    agent = make_agent()
+    buf = filled_buffer(agent)
+    at_critic_step = {}
+
+    def hook(optimizer, args, kwargs):
+        if optimizer is agent.q_optim:
+            at_critic_step.update({id(p): p.grad.clone() for g in optimizer.param_groups for p in g["params"]})
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        agent.update(buf.sample(8))
+    finally:
+        handle.remove()
+    for net in (agent.q1, agent.q2):
+        for p in net.parameters():
+            assert p.requires_grad and torch.equal(p.grad, at_critic_step[id(p)])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.policy.net.head.parameters())
+
+
 def test_temperatures_are_recomputed_after_every_update():
     agent = make_agent()
     buf = filled_buffer(agent)

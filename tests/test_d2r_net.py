@@ -16,6 +16,7 @@ from torch import nn
 
 from d2r.nets import routes as R
 from d2r.nets.d2r import D2RNet
+from d2r.nets.module_stack import RoutedModuleStack
 
 IN, OUT, T = 6, 3, 3
 SMALL = dict(encoder=(16, 12), num_modules=5, width=8, top_k=2, router_hidden=(10, 10))
@@ -456,6 +457,30 @@ def test_matches_plain_reference_outputs_and_gradients(mode, resrouting):
         zsq = net.padded_logits(x, task)
         m = net.trusted_mask(zsq, route)[~net._pad.expand_as(route)]
         assert m.any() and not m.all()
+
+
+@pytest.mark.parametrize("frozen_modules", [False, True])
+def test_module_stack_backward_passes_gradcheck(frozen_modules):
+    """The hand-written backward of the module stack against finite differences (plain routing;
+    ResRouting's stop-gradients are checked against the reference above). Frozen module weights
+    (the Qs inside the actor's loss) must not change the gradients of the inputs."""
+    g = torch.Generator().manual_seed(0)
+    batch, n_mod, k, width = 5, 4, 2, 3
+    route = random_route(batch, n_mod, k, seed=1)
+    rows = route.clamp(min=0).permute(1, 2, 0) * batch + torch.arange(batch)
+    y0 = torch.randn(batch, width, dtype=torch.float64, generator=g).requires_grad_()
+    logits = torch.randn(batch, n_mod, k, dtype=torch.float64, generator=g).masked_fill(route < 0, -math.inf)
+    w = torch.softmax(logits, -1).requires_grad_()
+    params = [torch.randn(width, width, dtype=torch.float64, generator=g) for _ in range(n_mod - 1)]
+    params += [torch.randn(width, dtype=torch.float64, generator=g) for _ in range(n_mod - 1)]
+    for p in params:
+        p.requires_grad_(not frozen_modules)
+    ks = [R.num_selected(n, k) for n in range(1, n_mod + 1)]
+
+    def stack(y0, w, *params):
+        return RoutedModuleStack.apply(y0, w, rows, None, ks, *params)
+
+    assert torch.autograd.gradcheck(stack, (y0, w, *params))
 
 
 # ----------------------------------------------------------------------------------------------
