@@ -10,8 +10,9 @@ Why by hand: written with autograd, every node concatenates all earlier module o
 gathering its K sources (copies quadratic in N), and the backward allocates and zero-fills a
 gradient the size of that concatenation per node. Here the outputs live in one preallocated
 [N, B, H] buffer; the forward gathers K rows per sample from it, and the backward accumulates
-the sources' gradients into one [N, B, H] buffer with index_add_. Same arithmetic, same results
-(tests compare it with the per-sample spec reference in float64 and with torch.autograd.gradcheck).
+the sources' gradients into one [N, B, H] buffer with index_add_. The same equations; results equal
+to rounding (tests compare it with the per-sample spec reference in float64 and with
+torch.autograd.gradcheck).
 
 ResRouting (spec section 2). The frozen stream y_hat equals y in value (y_hat_n = sg(a_n) + r_n
 and y_n = a_n + r_n with r_n = sum_k w_k y_{j_k}), so the forward is the same; only the gradient
