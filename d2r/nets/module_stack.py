@@ -90,7 +90,7 @@ class RoutedModuleStack(torch.autograd.Function):
     def backward(ctx, grad_out):
         sels, xs, acts, w_t, rows, trusted, *weights = ctx.saved_tensors
         num_selected = ctx.num_selected
-        n_mod, max_k, batch, width = sels.shape
+        n_mod, _, batch, width = sels.shape
         need_y0, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_params = ctx.needs_input_grad[5:]
         grad_ys = grad_out.new_zeros(n_mod, batch, width)  # G_j, summed over the nodes reading j
