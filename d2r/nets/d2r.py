@@ -16,7 +16,7 @@ Implementation: the N(N+1)/2 flat logits are laid out as a [B, N, N] square (row
 -inf where j >= n), so route selection for all nodes is one `topk` and the weights one softmax.
 The forward pass loops over the N modules (inherent: module n needs modules < n) and is
 batched over samples: `module_stack.RoutedModuleStack` keeps the module outputs in one buffer,
-gathers the K selected rows of every sample with index_select, and has a hand-written backward
+gathers and mixes the K selected rows of every sample with embedding_bag, and has a hand-written backward
 (spec sections 1 and 2; see that module for why and for the ResRouting gradient).
 """
 
@@ -251,8 +251,5 @@ class D2RNet(MultiTaskNet):
     def _module_stack(self, x0, route, w, trusted) -> torch.Tensor:
         """Modules 0..N-1 and the output node's mix; modules 1.. run in `RoutedModuleStack`."""
         y0 = F.relu(self.layers[0](x0))
-        batch = route.shape[0]
-        # [N, K, B]: flat row j * B + b of source j of sample b (padding -> row of module 0, unused)
-        rows = route.clamp(min=0).permute(1, 2, 0) * batch + torch.arange(batch, device=route.device)
         params = [layer.weight for layer in self.layers[1:]] + [layer.bias for layer in self.layers[1:]]
-        return RoutedModuleStack.apply(y0, w, rows, trusted, self._k, *params)
+        return RoutedModuleStack.apply(y0, w, route, trusted, self._k, *params)
