@@ -123,9 +123,11 @@ class MultiTaskSAC(nn.Module):
         self.to(device)
         self.device = torch.device(device)
 
-        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=sac.lr)
-        self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=sac.lr)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha)
+        # fused: one vectorised kernel per tensor (CPU and CUDA); the default on a CPU is a Python
+        # loop of ~10 ops per tensor, ~1,300 ops per D2R update
+        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=sac.lr, fused=True)
+        self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=sac.lr, fused=True)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha, fused=True)
         self.refresh_temperature()
         # Per task, updates whose losses dropped the task: [non-finite, over the threshold]. Not
         # state: the trainer reads and clears it every epoch (pop_skipped), before checkpointing.

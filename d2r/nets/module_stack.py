@@ -44,8 +44,15 @@ g_r = 0. Without ResRouting every edge is trusted and G_j = g_r_j.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+
+def _bag_sum(table: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[b] = sum_i weights[i] table[rows[i]] over bag b = rows[starts[b]:starts[b+1]] (empty -> 0).
+
+    torch.embedding_bag directly: F.embedding_bag's argument checks cost more than the kernel
+    at small batches."""
+    return torch.embedding_bag(table, rows, starts, False, 0, False, weights, False, None)[0]
 
 
 class RoutedModuleStack(torch.autograd.Function):
@@ -72,10 +79,13 @@ class RoutedModuleStack(torch.autograd.Function):
         rows = rows.permute(1, 0, 2).contiguous()
         w_nbk = w.permute(1, 0, 2).contiguous()
         xs, acts = [None], [None]  # x_n, a_n for n = 1..N-1
+        bag_starts = {}  # k -> [B] start of each sample's bag of k rows
 
         def node_input(n: int) -> torch.Tensor:
             k = num_selected[n - 1]
-            return F.embedding_bag(rows[n - 1, :, :k], flat, mode="sum", per_sample_weights=w_nbk[n - 1, :, :k])
+            if k not in bag_starts:
+                bag_starts[k] = torch.arange(0, batch * k, k, device=rows.device)
+            return _bag_sum(flat, rows[n - 1, :, :k].reshape(-1), bag_starts[k], w_nbk[n - 1, :, :k].reshape(-1))
 
         for n in range(1, n_mod):
             x = node_input(n)
@@ -103,13 +113,14 @@ class RoutedModuleStack(torch.autograd.Function):
         need_params = ctx.needs_input_grad[5:]
         resrouting = trusted is not None
 
-        # The edges, node-major (m, b, k): bag (m-1) * B + b of the gx table reads source row
-        # rows[m-1, b, k] with weight w.
-        used = torch.arange(rows.shape[2], device=rows.device) < rows.new_tensor(num_selected)[:, None]  # [N, K]
-        used = used[:, None, :].expand_as(rows)
-        src = rows[used]  # [E] = j * B + b
-        bag = (torch.arange(n_mod * batch, device=rows.device).view(n_mod, batch, 1).expand_as(rows))[used]
-        edge_w = w_nbk[used]
+        # The edges, node-major (m, b, k): entry (m-1, b, k) of rows (flat position p) says that
+        # bag (m-1) * B + b = p // K of the gx table reads source row rows[m-1, b, k] with weight w.
+        max_k = rows.shape[2]
+        used = torch.arange(max_k, device=rows.device) < rows.new_tensor(num_selected)[:, None]  # [N, K]
+        edge = used[:, None, :].expand_as(rows).reshape(-1).nonzero().squeeze(1)  # flat positions
+        src = rows.view(-1)[edge]  # [E] = j * B + b
+        bag = edge // max_k
+        edge_w = w_nbk.view(-1)[edge]
         # gx table: slab 0 row (m-1) * B + b = gx_m[b]; with ResRouting slab 1 = g_r_m[b]
         table = grad_out.new_empty(2 if resrouting else 1, n_mod, batch, width)
         table[0, n_mod - 1] = grad_out
@@ -126,12 +137,13 @@ class RoutedModuleStack(torch.autograd.Function):
         pull_rows = bag[order]  # gx_m rows of the readers
         pull_w = edge_w[order]
         if resrouting:  # G_j reads g_r_m instead of gx_m over an untrusted edge
-            pull_rows_y = (bag + (~trusted.permute(1, 0, 2)[used]).long() * (n_mod * batch))[order]
+            untrusted = ~trusted.permute(1, 0, 2).reshape(-1)[edge]
+            pull_rows_y = (bag + untrusted.long() * (n_mod * batch))[order]
 
         def pull(j: int, from_rows: torch.Tensor) -> torch.Tensor:
             lo, hi = seg[j], seg[j + 1]
             offsets = starts[j * batch : (j + 1) * batch] - lo
-            return F.embedding_bag(from_rows[lo:hi], table_flat, offsets, mode="sum", per_sample_weights=pull_w[lo:hi])
+            return _bag_sum(table_flat, from_rows[lo:hi], offsets, pull_w[lo:hi])
 
         grad_weights = [None] * (n_mod - 1)
         grad_biases = [None] * (n_mod - 1)
@@ -162,6 +174,6 @@ class RoutedModuleStack(torch.autograd.Function):
             dw = torch.ops.aten._embedding_bag_per_sample_weights_backward(
                 table_flat[: n_mod * batch], ys.view(-1, width), src, offsets, bag, 0, -1)
             grad_w_nbk = torch.zeros_like(w_nbk)
-            grad_w_nbk[used] = dw
+            grad_w_nbk.view(-1)[edge] = dw
             grad_w = grad_w_nbk.permute(1, 0, 2)
         return (grad_y0, grad_w, None, None, None, *grad_weights, *grad_biases)
