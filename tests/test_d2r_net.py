@@ -477,7 +477,7 @@ def test_module_stack_backward_passes_gradcheck(frozen_modules):
     ks = [R.num_selected(n, k) for n in range(1, n_mod + 1)]
 
     def stack(y0, w, *params):
-        return RoutedModuleStack.apply(y0, w, route, None, ks, *params)
+        return RoutedModuleStack.apply(y0, w, route, None, ks, True, *params)
 
     assert torch.autograd.gradcheck(stack, (y0, w, *params))
 

@@ -56,18 +56,19 @@ def _bag_sum(table: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, weig
 
 
 class RoutedModuleStack(torch.autograd.Function):
-    """apply(y0, w, route, trusted, num_selected, *weights_then_biases) -> out_in [B, H].
+    """apply(y0, w, route, trusted, num_selected, grad_enabled, *weights_then_biases) -> out_in [B, H].
 
     y0:       [B, H] module 0's output.
     w:        [B, N, K] mixing weights (row n-1 = node n; padding columns unused).
     route:    [B, N, K] int64 route, -1 padding (see `routes.py`).
     trusted:  [B, N, K] bool ResRouting mask, or None for the plain forward.
     num_selected: node n reads the first num_selected[n-1] columns.
+    grad_enabled: torch.is_grad_enabled() of the caller (False: nothing is kept for a backward).
     weights_then_biases: W_1..W_{N-1} ([H, H]) then b_1..b_{N-1} ([H]).
     """
 
     @staticmethod
-    def forward(ctx, y0, w, route, trusted, num_selected, *params):
+    def forward(ctx, y0, w, route, trusted, num_selected, grad_enabled, *params):
         n_mod = len(num_selected)
         weights, biases = params[: n_mod - 1], params[n_mod - 1 :]
         batch, width = y0.shape
@@ -87,17 +88,21 @@ class RoutedModuleStack(torch.autograd.Function):
                 bag_starts[k] = torch.arange(0, batch * k, k, device=rows.device)
             return _bag_sum(flat, rows[n - 1, :, :k].reshape(-1), bag_starts[k], w_nbk[n - 1, :, :k].reshape(-1))
 
+        # Function.apply runs forward with grad mode off, and needs_input_grad ignores the
+        # caller's no_grad: the caller says whether a graph is being recorded
+        backward_needed = grad_enabled and any(ctx.needs_input_grad)
         for n in range(1, n_mod):
             x = node_input(n)
             a = torch.addmm(biases[n - 1], x, weights[n - 1].t()).relu_()
             torch.add(a, x, out=ys[n])
-            xs.append(x)
-            acts.append(a)
+            if backward_needed:  # else x and a are freed now and their memory reused, still in cache
+                xs.append(x)
+                acts.append(a)
         out_in = node_input(n_mod)
 
         ctx.num_selected = num_selected
         ctx.n_weights = len(weights)
-        if any(ctx.needs_input_grad):
+        if backward_needed:
             ctx.save_for_backward(ys, rows, w_nbk, trusted, *xs[1:], *acts[1:], *weights)
         return out_in
 
@@ -110,7 +115,7 @@ class RoutedModuleStack(torch.autograd.Function):
         num_selected = ctx.num_selected
         n_mod, batch, width = ys.shape
         need_y0, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_params = ctx.needs_input_grad[5:]
+        need_params = ctx.needs_input_grad[6:]
         resrouting = trusted is not None
 
         # The edges, node-major (m, b, k): entry (m-1, b, k) of rows (flat position p) says that
@@ -176,4 +181,4 @@ class RoutedModuleStack(torch.autograd.Function):
             grad_w_nbk = torch.zeros_like(w_nbk)
             grad_w_nbk.view(-1)[edge] = dw
             grad_w = grad_w_nbk.permute(1, 0, 2)
-        return (grad_y0, grad_w, None, None, None, *grad_weights, *grad_biases)
+        return (grad_y0, grad_w, None, None, None, None, *grad_weights, *grad_biases)
