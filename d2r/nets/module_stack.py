@@ -145,10 +145,12 @@ class RoutedModuleStack(torch.autograd.Function):
             untrusted = ~trusted.permute(1, 0, 2).reshape(-1)[edge]
             pull_rows_y = (bag + untrusted.long() * (n_mod * batch))[order]
 
+        # bag b of module j starts at bag_starts[j, b] within module j's segment
+        bag_starts = starts[:-1].view(n_mod, batch) - starts[:-1:batch, None]
+
         def pull(j: int, from_rows: torch.Tensor) -> torch.Tensor:
             lo, hi = seg[j], seg[j + 1]
-            offsets = starts[j * batch : (j + 1) * batch] - lo
-            return _bag_sum(table_flat, from_rows[lo:hi], offsets, pull_w[lo:hi])
+            return _bag_sum(table_flat, from_rows[lo:hi], bag_starts[j], pull_w[lo:hi])
 
         grad_weights = [None] * (n_mod - 1)
         grad_biases = [None] * (n_mod - 1)
