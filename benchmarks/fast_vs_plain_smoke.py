@@ -1,9 +1,10 @@
 """Fast paths against the plain reference on the smoke experiment: the same learning, within seed noise.
 
 For each seed, the smoke experiment's D2R run is trained twice from the same start:
-  fast:  D2RNet (routed module stack, hand-written backward) and collection overlapped with updates;
+  fast:  D2RNet (routed module stack, hand-written backward), fused Adam, and collection overlapped
+         with updates;
   plain: the bench's PlainD2RNet (spec section 1/2 written one module at a time, dense weights over
-         all candidate sources) and collection in sequence;
+         all candidate sources, torch.softmax), torch's per-tensor Adam, and collection in sequence;
 then evaluated greedily (the final evaluation's env stream). Per metric it prints each seed, the
 mean and standard deviation over seeds of both, and z = (mean_fast - mean_plain) / standard error of
 that difference: |z| < 2 is "within seed noise". The two never agree bitwise after the first update
@@ -44,6 +45,9 @@ def train_once(params, seed: int, fast: bool, episodes: int) -> dict:
             for net in (agent.policy.net, agent.q1, agent.q2, agent.q1_target, agent.q2_target,
                         trainer.collector.policy.net):
                 net.__class__ = PlainD2RNet  # same parameters, the plain forward pass
+            for optim in (agent.policy_optim, agent.q_optim, agent.alpha_optim):
+                for group in optim.param_groups:
+                    group["fused"] = False  # torch's per-tensor Adam loop
         trainer.train()
         last = json.loads((Path(tmp) / "train_log.jsonl").read_text().splitlines()[-1])
     envs = make_run_envs(run, FINAL_EVAL_STREAM)
@@ -79,8 +83,8 @@ def main() -> int:
                   file=sys.stderr, flush=True)
 
     n = len(args.seeds)
-    print(f"\nsmoke experiment, D2R, seeds {args.seeds}: fast (module stack + overlapped collection) "
-          f"vs plain (PlainD2RNet, sequential)")
+    print(f"\nsmoke experiment, D2R, seeds {args.seeds}: fast (module stack, fused Adam, overlapped collection) "
+          f"vs plain (PlainD2RNet, per-tensor Adam, sequential)")
     print(f"{'metric':20s} {'fast mean':>10s} {'fast sd':>9s} {'plain mean':>11s} {'plain sd':>9s} {'z':>6s}")
     for key in METRICS:
         fast = np.array([r[key] for r in results["fast"]])

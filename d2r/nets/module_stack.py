@@ -47,7 +47,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
-def _bag_sum(table: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _bag_sum(table: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor,
+             weights: torch.Tensor) -> torch.Tensor:
     """out[b] = sum_i weights[i] table[rows[i]] over bag b = rows[starts[b]:starts[b+1]] (empty -> 0).
 
     torch.embedding_bag directly: F.embedding_bag's argument checks cost more than the kernel
@@ -86,7 +87,8 @@ class RoutedModuleStack(torch.autograd.Function):
             k = num_selected[n - 1]
             if k not in bag_starts:
                 bag_starts[k] = torch.arange(0, batch * k, k, device=rows.device)
-            return _bag_sum(flat, rows[n - 1, :, :k].reshape(-1), bag_starts[k], w_nbk[n - 1, :, :k].reshape(-1))
+            return _bag_sum(flat, rows[n - 1, :, :k].reshape(-1), bag_starts[k],
+                            w_nbk[n - 1, :, :k].reshape(-1))
 
         # Function.apply runs forward with grad mode off, and needs_input_grad ignores the
         # caller's no_grad: the caller says whether a graph is being recorded
