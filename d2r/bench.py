@@ -6,7 +6,7 @@
   (dense weights over all candidate sources, one module at a time): ratio and the largest
   difference of losses and gradients on the same batch (must be < 1e-5);
 - achieved FLOP/s of the D2R update against a plain MLP update of the same FLOPs (the
-  practical arithmetic limit of this machine);
+  practical arithmetic limit of this machine), the two timed alternately in one process;
 - end-to-end training: env steps/s, updates/s, wall time against max(collection, updates),
   peak memory, for a fixed short MT10 run.
 Numbers are printed, never asserted: targets live in the issue notes, not in tests.
@@ -176,8 +176,10 @@ def bench_plain_vs_fast(params, num_tasks: int, reps: int, device) -> dict:
     return {"fast_s": t_fast, "plain_s": t_plain, "loss_diff": loss_diff, "grad_diff": grad_diff}
 
 
-def bench_mlp_same_flops(target_flops: int, batch: int, reps: int, device) -> tuple[float, int]:
-    """A plain MLP regression step (forward, backward, Adam) sized to `target_flops`."""
+def mlp_same_flops_step(target_flops: int, batch: int, device):
+    """A plain MLP regression step (forward, backward, fused Adam) sized to `target_flops`.
+
+    Returns (step function, its FLOPs)."""
     depth = 8
 
     def build(width):
@@ -195,7 +197,7 @@ def bench_mlp_same_flops(target_flops: int, batch: int, reps: int, device) -> tu
             F.mse_loss(net(x), y).backward()
         width = max(8, int(width * (target_flops / counter.get_total_flops()) ** 0.5))
     net = build(width)
-    optim = torch.optim.Adam(net.parameters(), lr=1e-4)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)  # as the agent's
     with FlopCounterMode(display=False) as counter:
         F.mse_loss(net(x), y).backward()
 
@@ -204,7 +206,22 @@ def bench_mlp_same_flops(target_flops: int, batch: int, reps: int, device) -> tu
         F.mse_loss(net(x), y).backward()
         optim.step()
 
-    return _timed(step, reps, device), counter.get_total_flops()
+    return step, counter.get_total_flops()
+
+
+def timed_alternately(fns, reps: int, device) -> list[float]:
+    """Median seconds per call of each function, calling them in turn (one warm-up round):
+    every function sees the same host load, which drifts on a shared machine."""
+    times = [[] for _ in fns]
+    for rep in range(reps + 1):
+        for fn, store in zip(fns, times):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if rep:
+                store.append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
 
 
 def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool) -> dict:
@@ -275,13 +292,10 @@ def run(args) -> int:
 
     print("\n== one multi-task SAC update, paper width, 128 per task ==")
     print(f"{'method':10s} {'tasks':>5s} {'batch':>6s} {'updates/s':>10s} {'ms/update':>10s} {'GFLOP/update':>13s} {'GFLOP/s':>8s}")
-    d2r_mt10 = None
     for bench, num_tasks in (("MT10", 10), ("MT50", 50)):
         for method in args.methods.split(","):
             seconds, flops = bench_update(params, method, num_tasks, 1 if (args.quick and bench == "MT50") else reps,
                                           device)
-            if method == "d2r" and bench == "MT10":
-                d2r_mt10 = (seconds, flops)
             print(f"{method:10s} {num_tasks:5d} {128 * num_tasks:6d} {1 / seconds:10.2f} {1000 * seconds:10.1f} "
                   f"{flops / 1e9:13.2f} {flops / seconds / 1e9:8.1f}")
 
@@ -291,9 +305,12 @@ def run(args) -> int:
           f"speed-up x{cmp['plain_s'] / cmp['fast_s']:.2f}; max |loss diff| {cmp['loss_diff']:.2e}, "
           f"max |grad diff| {cmp['grad_diff']:.2e} ({'OK' if max(cmp['loss_diff'], cmp['grad_diff']) < 1e-5 else 'MISMATCH'})")
 
-    print("\n== arithmetic efficiency: D2R update vs a plain MLP step of the same FLOPs (MT10) ==")
-    seconds, flops = d2r_mt10
-    mlp_seconds, mlp_flops = bench_mlp_same_flops(flops, 1280, reps, device)
+    print("\n== arithmetic efficiency: D2R update vs a plain MLP step of the same FLOPs (MT10), timed alternately ==")
+    agent = make_agent(params, "d2r", 10, device)
+    buf = filled_buffer(agent, 10, 256, device)
+    flops = update_flops(agent, buf.sample(128))
+    mlp_step, mlp_flops = mlp_same_flops_step(flops, 1280, device)
+    seconds, mlp_seconds = timed_alternately([lambda: agent.update(buf.sample(128)), mlp_step], 2 * reps, device)
     d2r_rate, mlp_rate = flops / seconds, mlp_flops / mlp_seconds
     print(f"D2R {d2r_rate / 1e9:.1f} GFLOP/s ({flops / 1e9:.2f} GFLOP), MLP {mlp_rate / 1e9:.1f} GFLOP/s "
           f"({mlp_flops / 1e9:.2f} GFLOP): D2R at {100 * d2r_rate / mlp_rate:.0f}% of the MLP")
