@@ -482,6 +482,21 @@ def test_module_stack_backward_passes_gradcheck(frozen_modules):
     assert torch.autograd.gradcheck(stack, (y0, w, *params))
 
 
+@pytest.mark.parametrize("resrouting", [False, True])
+def test_no_grad_forward_gives_the_output_recorded_with_a_graph(resrouting):
+    """Under no_grad the module stack frees each module's temporaries at once (a separate code
+    path): the output must be the one recorded with a graph, and no graph must be recorded."""
+    net = small_net(seed=7)
+    x, task = inputs(9, seed=8)
+    route = random_route(9, SMALL["num_modules"], SMALL["top_k"], seed=2)
+    kw = dict(route_mode="replayed", route=route, resrouting=resrouting)
+    with torch.no_grad():
+        out_nograd, _ = net(x, task, **kw)
+    out, _ = net(x, task, **kw)
+    assert out_nograd.grad_fn is None and out.grad_fn is not None
+    torch.testing.assert_close(out_nograd, out.detach(), rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # ResRouting and gradients
 # ----------------------------------------------------------------------------------------------

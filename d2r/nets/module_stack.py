@@ -15,7 +15,8 @@ several times faster than index_select + mul + add, and far faster than index_ad
 - forward, node n:  x_n[b] = sum_k w_k ys[j_k, b]              (a bag of K rows per sample)
 - backward, module j: the gradient reaching y_j is *pulled* from the nodes that read j. The
   edges (node m reads source j for sample b, weight w) are sorted once by (j, b); module j's
-  gradient is then one embedding_bag over its readers' stored dL/dx_m rows, weighted by w.
+  gradient is then one embedding_bag over its readers' stored dL/dx_m rows, weighted by w (two
+  with ResRouting, below). On a GPU this reads the segment bounds to the host once per backward.
   (The transposed "push", an index_add_ per node, is several times slower on CPU.)
 - dL/dw of every edge at once: <dL/dx_m[b], y_j[b]> (embedding_bag's per-sample-weight
   gradient kernel).
@@ -140,19 +141,19 @@ class RoutedModuleStack(torch.autograd.Function):
         order = torch.sort(src, stable=True).indices
         starts = torch.zeros(n_mod * batch + 1, dtype=torch.int64, device=src.device)
         torch.cumsum(torch.bincount(src, minlength=n_mod * batch), 0, out=starts[1:])
-        seg = starts[::batch].tolist()  # module j's readers: sorted edges seg[j]..seg[j+1]
+        seg = starts[::batch].tolist()  # module j's readers: sorted edges seg[j]..seg[j+1] (host read)
         pull_rows = bag[order]  # gx_m rows of the readers
         pull_w = edge_w[order]
         if resrouting:  # G_j reads g_r_m instead of gx_m over an untrusted edge
             untrusted = ~trusted.permute(1, 0, 2).reshape(-1)[edge]
             pull_rows_y = (bag + untrusted.long() * (n_mod * batch))[order]
 
-        # bag b of module j starts at bag_starts[j, b] within module j's segment
-        bag_starts = starts[:-1].view(n_mod, batch) - starts[:-1:batch, None]
+        # sample b's readers of module j start at reader_starts[j, b] within module j's segment
+        reader_starts = starts[:-1].view(n_mod, batch) - starts[:-1:batch, None]
 
         def pull(j: int, from_rows: torch.Tensor) -> torch.Tensor:
             lo, hi = seg[j], seg[j + 1]
-            return _bag_sum(table_flat, from_rows[lo:hi], bag_starts[j], pull_w[lo:hi])
+            return _bag_sum(table_flat, from_rows[lo:hi], reader_starts[j], pull_w[lo:hi])
 
         grad_weights = [None] * (n_mod - 1)
         grad_biases = [None] * (n_mod - 1)
