@@ -38,8 +38,8 @@ class PlainD2RNet(D2RNet):
     """The readable reference: every node mixes ALL its candidate sources with a dense weight
     vector that is w_j on the selected sources and 0 elsewhere, exactly as spec section 1 reads."""
 
-    def route_weights(self, zsq, route):
-        sel = zsq.gather(2, route.clamp(min=0)).masked_fill(self._pad, float("-inf"))
+    @staticmethod
+    def _softmax(sel):
         return torch.softmax(sel, dim=-1)
 
     def _dense(self, n: int, route: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

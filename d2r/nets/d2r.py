@@ -186,8 +186,12 @@ class D2RNet(MultiTaskNet):
         No temperature; differentiable w.r.t. the logits (the selection itself is not).
         """
         sel = zsq.gather(2, route.clamp(min=0)).masked_fill(self._pad, float("-inf"))
-        # softmax written out: torch.softmax over a last dim of K = 2 is ~3x slower on CPU. The
-        # shift by the (detached) max changes nothing but the range of exp.
+        return self._softmax(sel)
+
+    @staticmethod
+    def _softmax(sel: torch.Tensor) -> torch.Tensor:
+        """Softmax over the last dim, written out: torch.softmax over a last dim of K = 2 is ~3x
+        slower on CPU. The shift by the (detached) max changes nothing but the range of exp."""
         e = (sel - sel.detach().amax(dim=-1, keepdim=True)).exp()
         return e / e.sum(dim=-1, keepdim=True)
 
