@@ -16,7 +16,7 @@ several times faster than index_select + mul + add, and far faster than index_ad
 - backward, module j: the gradient reaching y_j is *pulled* from the nodes that read j. The
   edges (node m reads source j for sample b, weight w) are sorted once by (j, b); module j's
   gradient is then one embedding_bag over its readers' stored dL/dx_m rows, weighted by w (two
-  with ResRouting, below). On a GPU this reads the segment bounds to the host once per backward.
+  with ResRouting, below). On a GPU this reads the edge counts and segment bounds to the host.
   (The transposed "push", an index_add_ per node, is several times slower on CPU.)
 - dL/dw of every edge at once: <dL/dx_m[b], y_j[b]> (embedding_bag's per-sample-weight
   gradient kernel).
