@@ -459,15 +459,16 @@ def test_matches_plain_reference_outputs_and_gradients(mode, resrouting):
         assert m.any() and not m.all()
 
 
-@pytest.mark.parametrize("frozen_modules", [False, True])
-def test_module_stack_backward_passes_gradcheck(frozen_modules):
+@pytest.mark.parametrize("frozen_modules,y0_grad", [(False, True), (True, True), (True, False)])
+def test_module_stack_backward_passes_gradcheck(frozen_modules, y0_grad):
     """The hand-written backward of the module stack against finite differences (plain routing;
     ResRouting's stop-gradients are checked against the reference above). Frozen module weights
-    (the Qs inside the actor's loss) must not change the gradients of the inputs."""
+    (the Qs inside the actor's loss) must not change the gradients of the inputs, and the mixing
+    weights get their whole gradient when module 0's output needs none."""
     g = torch.Generator().manual_seed(0)
     batch, n_mod, k, width = 5, 4, 2, 3
     route = random_route(batch, n_mod, k, seed=1)
-    y0 = torch.randn(batch, width, dtype=torch.float64, generator=g).requires_grad_()
+    y0 = torch.randn(batch, width, dtype=torch.float64, generator=g).requires_grad_(y0_grad)
     logits = torch.randn(batch, n_mod, k, dtype=torch.float64, generator=g).masked_fill(route < 0, -math.inf)
     w = torch.softmax(logits, -1).requires_grad_()
     params = [torch.randn(width, width, dtype=torch.float64, generator=g) for _ in range(n_mod - 1)]

@@ -57,6 +57,15 @@ def _bag_sum(table: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor,
     return torch.embedding_bag(table, rows, starts, False, 0, False, weights, False, None)[0]
 
 
+def _edge_dots(gx_table: torch.Tensor, ys: torch.Tensor, sources: torch.Tensor,
+               readers: torch.Tensor, padding: int) -> torch.Tensor:
+    """out[i] = <gx_table[readers[i]], ys[sources[i]]>, 0 where sources[i] == padding: dL/dw of
+    the edges. embedding_bag's per-sample-weight gradient, given each entry's bag directly (its
+    `offsets` are then unused)."""
+    return torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        gx_table, ys, sources, sources, readers, 0, padding)
+
+
 class RoutedModuleStack(torch.autograd.Function):
     """apply(y0, w, route, trusted, num_selected, grad_enabled, *weights_then_biases) -> out_in [B, H].
 
@@ -77,9 +86,10 @@ class RoutedModuleStack(torch.autograd.Function):
         ys = y0.new_empty(n_mod, batch, width)  # module outputs y_0..y_{N-1}
         ys[0] = y0
         flat = ys.view(n_mod * batch, width)
-        # [N, B, K]: row j * B + b of `flat` holds source j of sample b
-        rows = (route.clamp(min=0) * batch + torch.arange(batch, device=route.device)[:, None, None])
-        rows = rows.permute(1, 0, 2).contiguous()
+        # [N, B, K]: row j * B + b of `flat` holds source j of sample b; padding -> n_mod * B
+        # (a sentinel past the modules: never read forward, sorted last by the backward)
+        rows = route * batch + torch.arange(batch, device=route.device)[:, None, None]
+        rows = rows.masked_fill_(route < 0, n_mod * batch).permute(1, 0, 2).contiguous()
         w_nbk = w.permute(1, 0, 2).contiguous()
         xs, acts = [None], [None]  # x_n, a_n for n = 1..N-1
         bag_starts = {}  # k -> [B] start of each sample's bag of k rows
@@ -103,10 +113,10 @@ class RoutedModuleStack(torch.autograd.Function):
                 acts.append(a)
         out_in = node_input(n_mod)
 
-        ctx.num_selected = num_selected
         ctx.n_weights = len(weights)
         if backward_needed:
-            ctx.save_for_backward(ys, rows, w_nbk, trusted, *xs[1:], *acts[1:], *weights)
+            trusted_nbk = None if trusted is None else trusted.permute(1, 0, 2).contiguous()
+            ctx.save_for_backward(ys, rows, w_nbk, trusted_nbk, *xs[1:], *acts[1:], *weights)
         return out_in
 
     @staticmethod
@@ -115,20 +125,16 @@ class RoutedModuleStack(torch.autograd.Function):
         ys, rows, w_nbk, trusted, *rest = ctx.saved_tensors
         n_w = ctx.n_weights
         xs, acts, weights = [None, *rest[:n_w]], [None, *rest[n_w : 2 * n_w]], rest[2 * n_w :]
-        num_selected = ctx.num_selected
         n_mod, batch, width = ys.shape
         need_y0, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_params = ctx.needs_input_grad[6:]
         resrouting = trusted is not None
 
-        # The edges, node-major (m, b, k): entry (m-1, b, k) of rows (flat position p) says that
-        # bag (m-1) * B + b = p // K of the gx table reads source row rows[m-1, b, k] with weight w.
-        max_k = rows.shape[2]
-        used = torch.arange(max_k, device=rows.device) < rows.new_tensor(num_selected)[:, None]  # [N, K]
-        edge = used[:, None, :].expand_as(rows).reshape(-1).nonzero().squeeze(1)  # flat positions
-        src = rows.view(-1)[edge]  # [E] = j * B + b
-        bag = edge // max_k
-        edge_w = w_nbk.view(-1)[edge]
+        # The edges are the slots (m-1, b, k) of `rows`, node-major: slot p says that node m
+        # (gx row p // K of the table) reads source row rows[p] = j * B + b with weight w[p];
+        # padding slots read the sentinel row n_rows, past every module.
+        n_rows, max_k = n_mod * batch, rows.shape[2]
+        src = rows.view(-1)
         # gx table: slab 0 row (m-1) * B + b = gx_m[b]; with ResRouting slab 1 = g_r_m[b]
         table = grad_out.new_empty(2 if resrouting else 1, n_mod, batch, width)
         table[0, n_mod - 1] = grad_out
@@ -137,19 +143,17 @@ class RoutedModuleStack(torch.autograd.Function):
         table_flat = table.view(-1, width)
 
         # Sort the edges by source row (j, b): module j's readers are one contiguous segment,
-        # and sample b's readers one bag within it.
+        # and sample b's readers one bag within it; the padding slots sort last.
         order = torch.sort(src, stable=True).indices
-        starts = torch.zeros(n_mod * batch + 1, dtype=torch.int64, device=src.device)
-        torch.cumsum(torch.bincount(src, minlength=n_mod * batch), 0, out=starts[1:])
-        seg = starts[::batch].tolist()  # module j's readers: sorted edges seg[j]..seg[j+1] (host read)
-        pull_rows = bag[order]  # gx_m rows of the readers
-        pull_w = edge_w[order]
-        if resrouting:  # G_j reads g_r_m instead of gx_m over an untrusted edge
-            untrusted = ~trusted.permute(1, 0, 2).reshape(-1)[edge]
-            pull_rows_y = (bag + untrusted.long() * (n_mod * batch))[order]
-
+        starts = torch.zeros(n_rows + 2, dtype=torch.int64, device=src.device)
+        torch.cumsum(torch.bincount(src, minlength=n_rows + 1), 0, out=starts[1:])
+        seg = starts[: n_rows + 1 : batch].tolist()  # module j: sorted edges seg[j]..seg[j+1] (host read)
         # sample b's readers of module j start at reader_starts[j, b] within module j's segment
-        reader_starts = starts[:-1].view(n_mod, batch) - starts[:-1:batch, None]
+        reader_starts = starts[:n_rows].view(n_mod, batch) - starts[:n_rows:batch, None]
+        pull_rows = order // max_k  # gx rows of the readers
+        pull_w = w_nbk.view(-1)[order]
+        if resrouting:  # G_j reads g_r_m instead of gx_m over an untrusted edge
+            pull_rows_y = pull_rows + (~trusted).view(-1)[order] * n_rows
 
         def pull(j: int, from_rows: torch.Tensor) -> torch.Tensor:
             lo, hi = seg[j], seg[j + 1]
@@ -176,14 +180,8 @@ class RoutedModuleStack(torch.autograd.Function):
                 table[1, n - 1] = g_r
 
         grad_w = None
-        if need_w:
-            # per-bag offsets of the node-major edge list (node m's bags hold num_selected[m-1])
-            sizes = rows.new_tensor(num_selected).repeat_interleave(batch)
-            offsets = torch.zeros_like(sizes)
-            torch.cumsum(sizes[:-1], 0, out=offsets[1:])
-            dw = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                table_flat[: n_mod * batch], ys.view(-1, width), src, offsets, bag, 0, -1)
-            grad_w_nbk = torch.zeros_like(w_nbk)
-            grad_w_nbk.view(-1)[edge] = dw
-            grad_w = grad_w_nbk.permute(1, 0, 2)
+        if need_w:  # dL/dw = <gx_m, y_j> of every slot (padding: 0), node-major like w_nbk
+            bag = torch.arange(src.numel(), device=src.device) // max_k
+            grad_w = _edge_dots(table_flat, ys.view(-1, width), src, bag, padding=n_rows)
+            grad_w = grad_w.view_as(w_nbk).permute(1, 0, 2)
         return (grad_y0, grad_w, None, None, None, None, *grad_weights, *grad_biases)
