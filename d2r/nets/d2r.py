@@ -146,6 +146,7 @@ class D2RNet(MultiTaskNet):
 
     def select_route(
         self,
+        z: torch.Tensor,
         zsq: torch.Tensor,
         task: torch.Tensor,
         route_mode: RouteMode,
@@ -153,7 +154,7 @@ class D2RNet(MultiTaskNet):
         temperature: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """[B, N, N] square logits -> [B, N, K] int64 route (no gradient)."""
+        """Flat logits [B, E] and the same as [B, N, N] square -> [B, N, K] int64 route (no gradient)."""
         if route_mode == "replayed":
             if route is None:
                 raise ValueError("route_mode='replayed' needs route")
@@ -164,17 +165,18 @@ class D2RNet(MultiTaskNet):
         scores = zsq.detach()
         if route_mode == "sampled":
             # Gumbel-top-k: the top k of z / T + Gumbel noise are k draws without replacement
-            # from softmax(z / T). The noise comes from `generator` (default: torch's global RNG).
+            # from softmax(z / T). The noise comes from `generator` (default: torch's global RNG),
+            # one draw per edge (the flat logits: half the square's entries).
+            z = z.detach()
             if temperature is None:
-                temp = scores.new_ones(scores.shape[0])
+                temp = z.new_ones(z.shape[0])
             else:
-                temp = temperature.to(device=scores.device, dtype=scores.dtype)[task.long()]
+                temp = temperature.to(device=z.device, dtype=z.dtype)[task.long()]
             # Gumbel(0, 1) = -log(-log U); from uniforms because exponential_ is ~4x slower on
-            # CPU. U >= tiny keeps it finite (float32: within [-4.5, 16.6]), so that the -inf
-            # padding never meets +inf.
-            u = torch.empty_like(scores).uniform_(generator=generator).clamp_(min=torch.finfo(scores.dtype).tiny)
+            # CPU. U >= tiny keeps it finite (float32: within [-4.5, 16.6]).
+            u = torch.empty_like(z).uniform_(generator=generator).clamp_(min=torch.finfo(z.dtype).tiny)
             gumbel = u.log_().neg_().log_().neg_()
-            scores = scores / temp[:, None, None] + gumbel  # -inf padding stays -inf
+            scores = self._square(z / temp[:, None] + gumbel)  # the square's padding is -inf
         elif route_mode != "greedy":
             raise ValueError(f"unknown route_mode {route_mode!r}")
         idx = scores.topk(self.top_k, dim=-1).indices
@@ -230,7 +232,7 @@ class D2RNet(MultiTaskNet):
             return self.head(y), chain
 
         zsq = self._square(z)
-        route = self.select_route(zsq, task, route_mode, route, temperature, generator)
+        route = self.select_route(z, zsq, task, route_mode, route, temperature, generator)
         w = self.route_weights(zsq, route)
         if resrouting:
             out_in = self._modules_resrouting(x0, route, w, self.trusted_mask(zsq, route))
