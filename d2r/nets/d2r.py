@@ -261,4 +261,4 @@ class D2RNet(MultiTaskNet):
         """Modules 0..N-1 and the output node's mix; modules 1.. run in `RoutedModuleStack`."""
         y0 = F.relu(self.layers[0](x0))
         params = [layer.weight for layer in self.layers[1:]] + [layer.bias for layer in self.layers[1:]]
-        return RoutedModuleStack.apply(y0, w, route, trusted, self._k, torch.is_grad_enabled(), *params)
+        return RoutedModuleStack.apply(y0, w, route, trusted, torch.is_grad_enabled(), *params)

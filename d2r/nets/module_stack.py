@@ -12,11 +12,12 @@ gradient the size of that concatenation per node. Here the outputs live in one [
 and both directions are gathers done by `embedding_bag` (a fused gather, scale and sum; on CPU
 several times faster than index_select + mul + add, and far faster than index_add_):
 
-- forward, node n:  x_n[b] = sum_k w_k ys[j_k, b]              (a bag of K rows per sample)
+- forward, node n:  x_n[b] = sum_k w_k ys[j_k, b]              (a bag of K rows per sample;
+  a node with fewer candidates than K reads a zero row with weight 0 in its padding slots)
 - backward, module j: the gradient reaching y_j is *pulled* from the nodes that read j. The
   edges (node m reads source j for sample b, weight w) are sorted once by (j, b); module j's
   gradient is then one embedding_bag over its readers' stored dL/dx_m rows, weighted by w (two
-  with ResRouting, below). On a GPU this reads the edge counts and segment bounds to the host.
+  with ResRouting, below). On a GPU the sort's counting and the segment sizes wait for the host.
   (The transposed "push", an index_add_ per node, is several times slower on CPU.)
 - dL/dw of every edge at once: <dL/dx_m[b], y_j[b]> (embedding_bag's per-sample-weight
   gradient kernel).
@@ -67,73 +68,73 @@ def _edge_dots(gx_table: torch.Tensor, ys: torch.Tensor, sources: torch.Tensor,
 
 
 class RoutedModuleStack(torch.autograd.Function):
-    """apply(y0, w, route, trusted, num_selected, grad_enabled, *weights_then_biases) -> out_in [B, H].
+    """apply(y0, w, route, trusted, grad_enabled, *weights_then_biases) -> out_in [B, H].
 
     y0:       [B, H] module 0's output.
-    w:        [B, N, K] mixing weights (row n-1 = node n; padding columns unused).
+    w:        [B, N, K] mixing weights (row n-1 = node n), exactly 0 at the route's padding.
     route:    [B, N, K] int64 route, -1 padding (see `routes.py`).
     trusted:  [B, N, K] bool ResRouting mask, or None for the plain forward.
-    num_selected: node n reads the first num_selected[n-1] columns.
     grad_enabled: torch.is_grad_enabled() of the caller (False: nothing is kept for a backward).
     weights_then_biases: W_1..W_{N-1} ([H, H]) then b_1..b_{N-1} ([H]).
     """
 
     @staticmethod
-    def forward(ctx, y0, w, route, trusted, num_selected, grad_enabled, *params):
-        n_mod = len(num_selected)
+    def forward(ctx, y0, w, route, trusted, grad_enabled, *params):
+        batch, n_mod, max_k = route.shape
+        width = y0.shape[1]
         weights, biases = params[: n_mod - 1], params[n_mod - 1 :]
-        batch, width = y0.shape
-        ys = y0.new_empty(n_mod, batch, width)  # module outputs y_0..y_{N-1}
+        n_rows = n_mod * batch
+        # module outputs: row j * B + b = y_j[b], then one zero row that the padding slots read
+        # (with weight 0), so every node is a bag of K rows
+        flat = y0.new_empty(n_rows + 1, width)
+        flat[n_rows] = 0.0
+        ys = flat[:n_rows].view(n_mod, batch, width)
         ys[0] = y0
-        flat = ys.view(n_mod * batch, width)
-        # [N, B, K]: row j * B + b of `flat` holds source j of sample b; padding -> n_mod * B
-        # (a sentinel past the modules: never read forward, sorted last by the backward)
+        # [N, B, K] rows of `flat` to read: source j of sample b -> j * B + b, padding -> n_rows
+        # (also the backward's sentinel: past every module, so it sorts last)
         rows = route * batch + torch.arange(batch, device=route.device)[:, None, None]
-        rows = rows.masked_fill_(route < 0, n_mod * batch).permute(1, 0, 2).contiguous()
+        rows = rows.masked_fill_(route < 0, n_rows).permute(1, 0, 2).contiguous()
         w_nbk = w.permute(1, 0, 2).contiguous()
-        xs, acts = [None], [None]  # x_n, a_n for n = 1..N-1
-        bag_starts = {}  # k -> [B] start of each sample's bag of k rows
-
-        def node_input(n: int) -> torch.Tensor:
-            k = num_selected[n - 1]
-            if k not in bag_starts:
-                bag_starts[k] = torch.arange(0, batch * k, k, device=rows.device)
-            return _bag_sum(flat, rows[n - 1, :, :k].reshape(-1), bag_starts[k],
-                            w_nbk[n - 1, :, :k].reshape(-1))
+        # per node, as flat views taken in one call each (views one by one cost more than the
+        # small kernels at small batches)
+        rows_by_node = rows.view(n_mod, -1).unbind(0)
+        w_by_node = w_nbk.view(n_mod, -1).unbind(0)
+        bag_starts = torch.arange(0, batch * max_k, max_k, device=route.device)
+        xs, acts = [], []  # x_n, a_n for n = 1..N-1
 
         # Function.apply runs forward with grad mode off, and needs_input_grad ignores the
         # caller's no_grad: the caller says whether a graph is being recorded
         backward_needed = grad_enabled and any(ctx.needs_input_grad)
-        for n in range(1, n_mod):
-            x = node_input(n)
-            a = torch.addmm(biases[n - 1], x, weights[n - 1].t()).relu_()
-            torch.add(a, x, out=ys[n])
+        for rows_n, w_n, weight, bias, y in zip(rows_by_node, w_by_node, weights, biases, ys.unbind(0)[1:]):
+            x = _bag_sum(flat, rows_n, bag_starts, w_n)
+            a = torch.addmm(bias, x, weight.t()).relu_()
+            torch.add(a, x, out=y)
             if backward_needed:  # else x and a are freed now and their memory reused, still in cache
                 xs.append(x)
                 acts.append(a)
-        out_in = node_input(n_mod)
+        out_in = _bag_sum(flat, rows_by_node[-1], bag_starts, w_by_node[-1])
 
         ctx.n_weights = len(weights)
         if backward_needed:
             trusted_nbk = None if trusted is None else trusted.permute(1, 0, 2).contiguous()
-            ctx.save_for_backward(ys, rows, w_nbk, trusted_nbk, *xs[1:], *acts[1:], *weights)
+            ctx.save_for_backward(flat, rows, w_nbk, trusted_nbk, *xs, *acts, *weights)
         return out_in
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        ys, rows, w_nbk, trusted, *rest = ctx.saved_tensors
+        flat, rows, w_nbk, trusted, *rest = ctx.saved_tensors
         n_w = ctx.n_weights
-        xs, acts, weights = [None, *rest[:n_w]], [None, *rest[n_w : 2 * n_w]], rest[2 * n_w :]
-        n_mod, batch, width = ys.shape
+        xs, acts, weights = rest[:n_w], rest[n_w : 2 * n_w], rest[2 * n_w :]
+        n_mod, batch, max_k = rows.shape
+        n_rows, width = n_mod * batch, flat.shape[1]
         need_y0, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_params = ctx.needs_input_grad[6:]
+        need_weight, need_bias = ctx.needs_input_grad[5 : 5 + n_w], ctx.needs_input_grad[5 + n_w :]
         resrouting = trusted is not None
 
         # The edges are the slots (m-1, b, k) of `rows`, node-major: slot p says that node m
         # (gx row p // K of the table) reads source row rows[p] = j * B + b with weight w[p];
-        # padding slots read the sentinel row n_rows, past every module.
-        n_rows, max_k = n_mod * batch, rows.shape[2]
+        # padding slots read the sentinel row n_rows.
         src = rows.view(-1)
         # gx table: slab 0 row (m-1) * B + b = gx_m[b]; with ResRouting slab 1 = g_r_m[b]
         table = grad_out.new_empty(2 if resrouting else 1, n_mod, batch, width)
@@ -147,41 +148,40 @@ class RoutedModuleStack(torch.autograd.Function):
         order = torch.sort(src, stable=True).indices
         starts = torch.zeros(n_rows + 2, dtype=torch.int64, device=src.device)
         torch.cumsum(torch.bincount(src, minlength=n_rows + 1), 0, out=starts[1:])
-        seg = starts[: n_rows + 1 : batch].tolist()  # module j: sorted edges seg[j]..seg[j+1] (host read)
+        bounds = starts[: n_rows + 1 : batch]
+        sizes = bounds.diff().tolist()  # readers per module (host read), then the padding
+        sizes.append(src.numel() - sum(sizes))
         # sample b's readers of module j start at reader_starts[j, b] within module j's segment
-        reader_starts = starts[:n_rows].view(n_mod, batch) - starts[:n_rows:batch, None]
+        reader_starts = (starts[:n_rows].view(n_mod, batch) - bounds[:-1, None]).unbind(0)
         pull_rows = order // max_k  # gx rows of the readers
-        pull_w = w_nbk.view(-1)[order]
-        if resrouting:  # G_j reads g_r_m instead of gx_m over an untrusted edge
-            pull_rows_y = pull_rows + (~trusted).view(-1)[order] * n_rows
+        pull_w = w_nbk.view(-1)[order].split(sizes)
+        rows_g_r = pull_rows.split(sizes)
+        # G_j reads g_r_m instead of gx_m over an untrusted edge
+        rows_g_y = (pull_rows + (~trusted).view(-1)[order] * n_rows).split(sizes) if resrouting else rows_g_r
+        gx, g_shortcut = table[0].unbind(0), (table[1].unbind(0) if resrouting else None)
 
-        def pull(j: int, from_rows: torch.Tensor) -> torch.Tensor:
-            lo, hi = seg[j], seg[j + 1]
-            return _bag_sum(table_flat, from_rows[lo:hi], reader_starts[j], pull_w[lo:hi])
-
-        grad_weights = [None] * (n_mod - 1)
-        grad_biases = [None] * (n_mod - 1)
+        grad_weights, grad_biases = [None] * n_w, [None] * n_w
         grad_y0 = None
         for n in range(n_mod - 1, -1, -1):
             if n == 0 and not need_y0:
                 break
-            g_r = pull(n, pull_rows)  # sum over readers of w gx_m
-            g_y = pull(n, pull_rows_y) if resrouting else g_r
+            g_r = _bag_sum(table_flat, rows_g_r[n], reader_starts[n], pull_w[n])  # sum over readers of w gx_m
+            g_y = _bag_sum(table_flat, rows_g_y[n], reader_starts[n], pull_w[n]) if resrouting else g_r
             if n == 0:
                 grad_y0 = g_y
                 break
-            gpre = torch.ops.aten.threshold_backward(g_y, acts[n], 0)
-            if need_params[n - 1]:
-                grad_weights[n - 1] = gpre.t().mm(xs[n])
-            if need_params[n_mod - 1 + n - 1]:
+            gpre = torch.ops.aten.threshold_backward(g_y, acts[n - 1], 0)
+            if need_weight[n - 1]:
+                grad_weights[n - 1] = gpre.t().mm(xs[n - 1])
+            if need_bias[n - 1]:
                 grad_biases[n - 1] = gpre.sum(0)
-            torch.addmm(g_r, gpre, weights[n - 1], out=table[0, n - 1])  # gx_n = g_xt_n + g_r_n
+            torch.addmm(g_r, gpre, weights[n - 1], out=gx[n - 1])  # gx_n = g_xt_n + g_r_n
             if resrouting:
-                table[1, n - 1] = g_r
+                g_shortcut[n - 1].copy_(g_r)
 
         grad_w = None
         if need_w:  # dL/dw = <gx_m, y_j> of every slot (padding: 0), node-major like w_nbk
             bag = torch.arange(src.numel(), device=src.device) // max_k
-            grad_w = _edge_dots(table_flat, ys.view(-1, width), src, bag, padding=n_rows)
+            grad_w = _edge_dots(table_flat, flat, src, bag, padding=n_rows)
             grad_w = grad_w.view_as(w_nbk).permute(1, 0, 2)
-        return (grad_y0, grad_w, None, None, None, None, *grad_weights, *grad_biases)
+        return (grad_y0, grad_w, None, None, None, *grad_weights, *grad_biases)
