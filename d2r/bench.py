@@ -6,7 +6,8 @@
   (dense weights over all candidate sources, one module at a time): ratio and the largest
   difference of losses and gradients on the same batch (must be < 1e-5);
 - achieved FLOP/s of the D2R update against a plain MLP update of the same FLOPs (the
-  practical arithmetic limit of this machine), the two timed alternately in one process;
+  practical arithmetic limit of this machine) and against an MT-SAC update of the same FLOPs
+  (the same SAC update without routing), timed alternately in one process;
 - end-to-end training: env steps/s, updates/s, wall time against max(collection, updates),
   peak memory, for a fixed short MT10 run.
 Numbers are printed, never asserted: targets live in the issue notes, not in tests.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import resource
 import time
 from contextlib import contextmanager
@@ -91,9 +93,10 @@ def _timed(fn, reps: int, device: torch.device) -> float:
     return float(np.median(times))
 
 
-def make_agent(params, method: str, num_tasks: int, device) -> MultiTaskSAC:
+def make_agent(params, method: str, num_tasks: int, device, method_config=None) -> MultiTaskSAC:
     torch.manual_seed(0)
-    return MultiTaskSAC(params.methods[method], params.sac, mw.STATE_DIM, mw.ACTION_DIM, num_tasks, device)
+    config = params.methods[method] if method_config is None else method_config
+    return MultiTaskSAC(config, params.sac, mw.STATE_DIM, mw.ACTION_DIM, num_tasks, device)
 
 
 def filled_buffer(agent: MultiTaskSAC, num_tasks: int, steps: int, device) -> TaskReplayBuffer:
@@ -209,6 +212,27 @@ def mlp_same_flops_step(target_flops: int, batch: int, device):
     return step, counter.get_total_flops()
 
 
+def mtsac_same_flops(params, target_flops: int, num_tasks: int, device):
+    """MT-SAC (the baselines' plain multi-task MLP) with its hidden widths scaled so that one
+    update has about `target_flops`: the same SAC update as D2R's, without routing.
+
+    Returns (agent, replay buffer, FLOPs per update)."""
+    method = params.methods["mtsac"]
+    hidden = list(method.net_args["hidden"])
+
+    def build(scale):
+        config = dataclasses.replace(method, net_args={**method.net_args,
+                                                       "hidden": [max(8, int(h * scale)) for h in hidden]})
+        agent = make_agent(params, "mtsac", num_tasks, device, config)
+        buf = filled_buffer(agent, num_tasks, 256, device)
+        return agent, buf, update_flops(agent, buf.sample(128))
+
+    scale = 1.0
+    for _ in range(2):  # FLOPs grow with width^2: rescale twice to land on the target
+        scale *= (target_flops / build(scale)[2]) ** 0.5
+    return build(scale)
+
+
 def timed_alternately(fns, reps: int, device) -> list[float]:
     """Median seconds per call of each function, calling them in turn (one warm-up round):
     every function sees the same host load, which drifts on a shared machine."""
@@ -225,7 +249,6 @@ def timed_alternately(fns, reps: int, device) -> list[float]:
 
 
 def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool) -> dict:
-    import dataclasses
 
     from d2r.train import Trainer
 
@@ -305,15 +328,21 @@ def run(args) -> int:
           f"speed-up x{cmp['plain_s'] / cmp['fast_s']:.2f}; max |loss diff| {cmp['loss_diff']:.2e}, "
           f"max |grad diff| {cmp['grad_diff']:.2e} ({'OK' if max(cmp['loss_diff'], cmp['grad_diff']) < 1e-5 else 'MISMATCH'})")
 
-    print("\n== arithmetic efficiency: D2R update vs a plain MLP step of the same FLOPs (MT10), timed alternately ==")
+    print("\n== arithmetic efficiency: D2R update vs a plain MLP step and an MT-SAC update of the same FLOPs "
+          "(MT10), timed alternately ==")
     agent = make_agent(params, "d2r", 10, device)
     buf = filled_buffer(agent, 10, 256, device)
     flops = update_flops(agent, buf.sample(128))
     mlp_step, mlp_flops = mlp_same_flops_step(flops, 1280, device)
-    seconds, mlp_seconds = timed_alternately([lambda: agent.update(buf.sample(128)), mlp_step], 2 * reps, device)
-    d2r_rate, mlp_rate = flops / seconds, mlp_flops / mlp_seconds
-    print(f"D2R {d2r_rate / 1e9:.1f} GFLOP/s ({flops / 1e9:.2f} GFLOP), MLP {mlp_rate / 1e9:.1f} GFLOP/s "
-          f"({mlp_flops / 1e9:.2f} GFLOP): D2R at {100 * d2r_rate / mlp_rate:.0f}% of the MLP")
+    mtsac, mtsac_buf, mtsac_flops = mtsac_same_flops(params, flops, 10, device)
+    seconds, mlp_seconds, mtsac_seconds = timed_alternately(
+        [lambda: agent.update(buf.sample(128)), mlp_step, lambda: mtsac.update(mtsac_buf.sample(128))],
+        15 if args.quick else 30, device)
+    d2r_rate, mlp_rate, mtsac_rate = flops / seconds, mlp_flops / mlp_seconds, mtsac_flops / mtsac_seconds
+    print(f"D2R update {d2r_rate / 1e9:.1f} GFLOP/s ({flops / 1e9:.2f} GFLOP); MLP step {mlp_rate / 1e9:.1f} GFLOP/s "
+          f"({mlp_flops / 1e9:.2f} GFLOP): D2R at {100 * d2r_rate / mlp_rate:.0f}% of the MLP; "
+          f"MT-SAC update {mtsac_rate / 1e9:.1f} GFLOP/s ({mtsac_flops / 1e9:.2f} GFLOP): D2R at "
+          f"{100 * d2r_rate / mtsac_rate:.0f}% of the same SAC update without routing")
 
     print("\n== end to end: short MT10 D2R run (collection in sequence / overlapped with updates) ==")
     for overlap in (False, True):
