@@ -71,7 +71,8 @@ class RoutedModuleStack(torch.autograd.Function):
     """apply(y0, w, route, trusted, grad_enabled, *weights_then_biases) -> out_in [B, H].
 
     y0:       [B, H] module 0's output.
-    w:        [B, N, K] mixing weights (row n-1 = node n), exactly 0 at the route's padding.
+    w:        [B, N, K] mixing weights (row n-1 = node n); a padding slot reads a zero row, so
+              its (finite) weight adds nothing and gets a zero gradient.
     route:    [B, N, K] int64 route, -1 padding (see `routes.py`).
     trusted:  [B, N, K] bool ResRouting mask, or None for the plain forward.
     grad_enabled: torch.is_grad_enabled() of the caller (False: nothing is kept for a backward).
@@ -84,8 +85,8 @@ class RoutedModuleStack(torch.autograd.Function):
         width = y0.shape[1]
         weights, biases = params[: n_mod - 1], params[n_mod - 1 :]
         n_rows = n_mod * batch
-        # module outputs: row j * B + b = y_j[b], then one zero row that the padding slots read
-        # (with weight 0), so every node is a bag of K rows
+        # module outputs: row j * B + b = y_j[b], then one zero row for the padding slots to
+        # read, so that every node is a bag of K rows
         flat = y0.new_empty(n_rows + 1, width)
         flat[n_rows] = 0.0
         ys = flat[:n_rows].view(n_mod, batch, width)
@@ -105,7 +106,8 @@ class RoutedModuleStack(torch.autograd.Function):
         # Function.apply runs forward with grad mode off, and needs_input_grad ignores the
         # caller's no_grad: the caller says whether a graph is being recorded
         backward_needed = grad_enabled and any(ctx.needs_input_grad)
-        for rows_n, w_n, weight, bias, y in zip(rows_by_node, w_by_node, weights, biases, ys.unbind(0)[1:]):
+        modules = zip(rows_by_node, w_by_node, weights, biases, ys.unbind(0)[1:])
+        for rows_n, w_n, weight, bias, y in modules:
             x = _bag_sum(flat, rows_n, bag_starts, w_n)
             a = torch.addmm(bias, x, weight.t()).relu_()
             torch.add(a, x, out=y)
@@ -165,7 +167,8 @@ class RoutedModuleStack(torch.autograd.Function):
         for n in range(n_mod - 1, -1, -1):
             if n == 0 and not need_y0:
                 break
-            g_r = _bag_sum(table_flat, rows_g_r[n], reader_starts[n], pull_w[n])  # sum over readers of w gx_m
+            # sum over module n's readers of w gx_m
+            g_r = _bag_sum(table_flat, rows_g_r[n], reader_starts[n], pull_w[n])
             g_y = _bag_sum(table_flat, rows_g_y[n], reader_starts[n], pull_w[n]) if resrouting else g_r
             if n == 0:
                 grad_y0 = g_y
