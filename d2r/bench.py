@@ -249,7 +249,6 @@ def timed_alternately(fns, reps: int, device) -> list[float]:
 
 
 def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool) -> dict:
-
     from d2r.train import Trainer
 
     run = params.run("smoke", "d2r", 0)
