@@ -328,7 +328,7 @@ def test_weights_are_softmax_of_selected_logits_by_hand():
     x, task = inputs(4)
     _, route = net(x, task, route_mode="greedy")
     zsq = net.padded_logits(x, task)
-    w = net.route_weights(zsq, route)
+    w = net.route_weights(net.logits(x, task), route)
     assert zsq[0, 2].tolist() == [0.5, 2.0, 1.0, -math.inf, -math.inf]
     assert route[0, 2].tolist() == [1, 2]
     e2, e1 = math.exp(2.0), math.exp(1.0)
@@ -343,7 +343,7 @@ def test_weights_are_softmax_of_selected_logits_by_hand():
     # a replayed route that includes the unselected source 0 of node 3: weights over {0, 2}
     replay = route.clone()
     replay[:, 2] = torch.tensor([0, 2])
-    w = net.route_weights(zsq, replay)
+    w = net.route_weights(net.logits(x, task), replay)
     e0 = math.exp(0.5)
     assert torch.allclose(w[0, 2], torch.tensor([e0 / (e0 + e1), e1 / (e0 + e1)]), atol=1e-6)
 

@@ -104,6 +104,8 @@ class D2RNet(MultiTaskNet):
         n = torch.arange(1, num_modules + 1)
         # [N, N] flat-logit position of edge j -> node n (row n-1), num_edges for j >= n
         self.register_buffer("_logit_index", R.padded_logit_index(num_modules), persistent=False)
+        # [N, 1] flat-logit position of node n's first edge (row n-1)
+        self.register_buffer("_chunk_start", n[:, None] * (n[:, None] - 1) // 2, persistent=False)
         # [N, K] True where the route holds -1 padding
         self.register_buffer("_pad", R.padding_mask(num_modules, top_k), persistent=False)
         # [N, 1] ResRouting threshold 1 / (c + 1), c = n candidates for node n
@@ -131,11 +133,15 @@ class D2RNet(MultiTaskNet):
         flat = torch.cat([z, pad], dim=1).index_select(1, self._logit_index.view(-1))  # 2x faster than [:, idx]
         return flat.view(z.shape[0], self.num_modules, self.num_modules)
 
-    def padded_logits(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """The router's logits as [B, N, N]: row n-1 = node n's n logits, then -inf."""
+    def logits(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """The router's flat logits [B, N(N+1)/2]: node n's chunk of n starts at n(n-1)/2."""
         if self.router is None:
             raise RuntimeError("a fixed_depth D2RNet has no router")
-        return self._square(self._trunk(x, task)[1])
+        return self._trunk(x, task)[1]
+
+    def padded_logits(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """The router's logits as [B, N, N]: row n-1 = node n's n logits, then -inf."""
+        return self._square(self.logits(x, task))
 
     def router_logits(self, x: torch.Tensor, task: torch.Tensor) -> list[torch.Tensor]:
         """The router's logit chunks: a list of N tensors, element n-1 = node n's [B, n] logits."""
@@ -182,12 +188,16 @@ class D2RNet(MultiTaskNet):
         idx = scores.topk(self.top_k, dim=-1).indices
         return idx.masked_fill(self._pad, -1)
 
-    def route_weights(self, zsq: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
-        """[B, N, K] mixing weights: softmax over the selected logits only, 0 at padding.
+    def route_weights(self, z: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        """Flat logits [B, E] -> [B, N, K] mixing weights: softmax over the selected logits only,
+        0 at padding.
 
-        No temperature; differentiable w.r.t. the logits (the selection itself is not).
+        No temperature; differentiable w.r.t. the logits (the selection itself is not). Read from
+        the flat logits, not the square: the backward then scatters N*K values per sample, not a
+        whole square.
         """
-        sel = zsq.gather(2, route.clamp(min=0)).masked_fill(self._pad, float("-inf"))
+        position = (self._chunk_start + route.clamp(min=0)).view(route.shape[0], -1)
+        sel = z.gather(1, position).view_as(route).masked_fill(self._pad, float("-inf"))
         return self._softmax(sel)
 
     @staticmethod
@@ -231,9 +241,9 @@ class D2RNet(MultiTaskNet):
             chain = R.chain_route(x.shape[0], self.num_modules, self.top_k, device=x.device)
             return self.head(y), chain
 
-        zsq = self._square(z)
+        zsq = self._square(z.detach())  # only for the selection and the ResRouting mask
         route = self.select_route(z, zsq, task, route_mode, route, temperature, generator)
-        w = self.route_weights(zsq, route)
+        w = self.route_weights(z, route)
         if resrouting:
             out_in = self._modules_resrouting(x0, route, w, self.trusted_mask(zsq, route))
         else:
