@@ -459,6 +459,28 @@ def test_matches_plain_reference_outputs_and_gradients(mode, resrouting):
         assert m.any() and not m.all()
 
 
+def test_large_batch_gives_the_gradients_of_its_pieces():
+    """Past 32,767 module rows (N * B) the backward sorts its edges on int32 keys instead of
+    int16: the whole batch must give the sum of the gradients of its pieces."""
+    net = small_net(seed=2, dtype=torch.float64)
+    with torch.no_grad():  # trusted and untrusted edges both
+        net.router[-1].weight.mul_(8.0)
+    batch, piece = 6600, 1100  # 5 * 6600 = 33,000 rows; 5 * 1100 = 5,500
+    x, task = inputs(batch, seed=3, dtype=torch.float64)
+    torch.manual_seed(0)
+    _, route = net(x, task, route_mode="sampled", temperature=torch.ones(T))
+    g_out = torch.randn(batch, OUT, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    kw = dict(route_mode="replayed", resrouting=True)
+    (net(x, task, route=route, **kw)[0] * g_out).sum().backward()
+    whole = grads(net)
+    net.zero_grad()
+    for s in range(0, batch, piece):
+        part = slice(s, s + piece)
+        (net(x[part], task[part], route=route[part], **kw)[0] * g_out[part]).sum().backward()
+    for name, g in grads(net).items():
+        torch.testing.assert_close(whole[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("frozen_modules,y0_grad", [(False, True), (True, True), (True, False)])
 def test_module_stack_backward_passes_gradcheck(frozen_modules, y0_grad):
     """The hand-written backward of the module stack against finite differences (plain routing;

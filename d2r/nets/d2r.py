@@ -12,8 +12,9 @@ Modules are numbered 0..N-1 (the spec's M_1..M_N); node n (n = 1..N, N = the out
 candidate sources, modules 0..n-1, scored by a chunk of n router logits. See `routes.py` for
 the route format and the functions that analyse routes.
 
-Implementation: the N(N+1)/2 flat logits are laid out as a [B, N, N] square (row n-1 = node n,
--inf where j >= n), so route selection for all nodes is one `topk` and the weights one softmax.
+Implementation: for selection the N(N+1)/2 flat logits are laid out (detached) as a [B, N, N]
+square (row n-1 = node n, -inf where j >= n), so route selection for all nodes is one `topk`;
+the mixing weights gather their K logits per node from the flat logits and take one softmax.
 The forward pass loops over the N modules (inherent: module n needs modules < n) and is
 batched over samples: `module_stack.RoutedModuleStack` keeps the module outputs in one buffer,
 gathers and mixes the K selected rows of every sample with embedding_bag, and has a hand-written backward
