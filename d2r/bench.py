@@ -233,9 +233,9 @@ def mtsac_same_flops(params, target_flops: int, num_tasks: int, device):
     return build(scale)
 
 
-def timed_alternately(fns, reps: int, device) -> list[float]:
-    """Median seconds per call of each function, calling them in turn (one warm-up round):
-    every function sees the same host load, which drifts on a shared machine."""
+def timed_alternately(fns, reps: int, device) -> list[np.ndarray]:
+    """Seconds of each call of each function ([reps] per function), calling them in turn (one
+    warm-up round): every function sees the same host load, which drifts on a shared machine."""
     times = [[] for _ in fns]
     for rep in range(reps + 1):
         for fn, store in zip(fns, times):
@@ -245,7 +245,7 @@ def timed_alternately(fns, reps: int, device) -> list[float]:
             _sync(device)
             if rep:
                 store.append(time.perf_counter() - start)
-    return [float(np.median(t)) for t in times]
+    return [np.array(t) for t in times]
 
 
 def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool) -> dict:
@@ -334,14 +334,21 @@ def run(args) -> int:
     flops = update_flops(agent, buf.sample(128))
     mlp_step, mlp_flops = mlp_same_flops_step(flops, 1280, device)
     mtsac, mtsac_buf, mtsac_flops = mtsac_same_flops(params, flops, 10, device)
-    seconds, mlp_seconds, mtsac_seconds = timed_alternately(
+    d2r_s, mlp_s, mtsac_s = timed_alternately(
         [lambda: agent.update(buf.sample(128)), mlp_step, lambda: mtsac.update(mtsac_buf.sample(128))],
         15 if args.quick else 30, device)
-    d2r_rate, mlp_rate, mtsac_rate = flops / seconds, mlp_flops / mlp_seconds, mtsac_flops / mtsac_seconds
+    d2r_rate, mlp_rate, mtsac_rate = (f / np.median(t) for f, t in
+                                      ((flops, d2r_s), (mlp_flops, mlp_s), (mtsac_flops, mtsac_s)))
+
+    def round_quartiles(other_flops, other_s):  # D2R's FLOP/s over the other's, round by round
+        q1, q3 = np.percentile(100 * flops * other_s / (other_flops * d2r_s), [25, 75])
+        return f"per round: quartiles {q1:.0f}-{q3:.0f}%"
+
     print(f"D2R update {d2r_rate / 1e9:.1f} GFLOP/s ({flops / 1e9:.2f} GFLOP); MLP step {mlp_rate / 1e9:.1f} GFLOP/s "
-          f"({mlp_flops / 1e9:.2f} GFLOP): D2R at {100 * d2r_rate / mlp_rate:.0f}% of the MLP; "
-          f"MT-SAC update {mtsac_rate / 1e9:.1f} GFLOP/s ({mtsac_flops / 1e9:.2f} GFLOP): D2R at "
-          f"{100 * d2r_rate / mtsac_rate:.0f}% of the same SAC update without routing")
+          f"({mlp_flops / 1e9:.2f} GFLOP): D2R at {100 * d2r_rate / mlp_rate:.0f}% of the MLP "
+          f"({round_quartiles(mlp_flops, mlp_s)}); MT-SAC update {mtsac_rate / 1e9:.1f} GFLOP/s "
+          f"({mtsac_flops / 1e9:.2f} GFLOP): D2R at {100 * d2r_rate / mtsac_rate:.0f}% of the same SAC update "
+          f"without routing ({round_quartiles(mtsac_flops, mtsac_s)})")
 
     print("\n== end to end: short MT10 D2R run (collection in sequence / overlapped with updates) ==")
     for overlap in (False, True):
