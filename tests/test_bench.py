@@ -1,4 +1,4 @@
-"""The benchmark's readable reference D2R update (`PlainD2RNet`, spec section 1-2 written one
+"""The benchmark's readable reference D2R update (`PlainD2RNet`, spec sections 1-2 written one
 module at a time) must stay equal to the fast update it measures against."""
 
 from pathlib import Path
