@@ -105,8 +105,6 @@ class D2RNet(MultiTaskNet):
         n = torch.arange(1, num_modules + 1)
         # [N, N] flat-logit position of edge j -> node n (row n-1), num_edges for j >= n
         self.register_buffer("_logit_index", R.padded_logit_index(num_modules), persistent=False)
-        # [N, 1] flat-logit position of node n's first edge (row n-1)
-        self.register_buffer("_chunk_start", n[:, None] * (n[:, None] - 1) // 2, persistent=False)
         # [N, K] True where the route holds -1 padding
         self.register_buffer("_pad", R.padding_mask(num_modules, top_k), persistent=False)
         # [N, 1] ResRouting threshold 1 / (c + 1), c = n candidates for node n
@@ -197,7 +195,8 @@ class D2RNet(MultiTaskNet):
         the flat logits, not the square: the backward then scatters N*K values per sample, not a
         whole square.
         """
-        position = (self._chunk_start + route.clamp(min=0)).view(route.shape[0], -1)
+        chunk_start = self._logit_index[:, :1]  # [N, 1] flat position of node n's edge from module 0
+        position = (chunk_start + route.clamp(min=0)).view(route.shape[0], -1)
         sel = z.gather(1, position).view_as(route).masked_fill(self._pad, float("-inf"))
         return self._softmax(sel)
 

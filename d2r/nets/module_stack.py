@@ -120,7 +120,7 @@ class RoutedModuleStack(torch.autograd.Function):
                 acts.append(a)
         out_in = _bag_sum(flat, rows_by_node[-1], bag_starts, w_by_node[-1])
 
-        ctx.n_weights, ctx.kept_x = len(weights), keep_x
+        ctx.n_weights = len(weights)
         if backward_needed:
             trusted_nbk = None if trusted is None else trusted.permute(1, 0, 2).contiguous()
             ctx.save_for_backward(flat, rows, w_nbk, trusted_nbk, *xs, *acts, *weights)
@@ -131,12 +131,13 @@ class RoutedModuleStack(torch.autograd.Function):
     def backward(ctx, grad_out):
         flat, rows, w_nbk, trusted, *rest = ctx.saved_tensors
         n_w = ctx.n_weights
-        xs, rest = (rest[:n_w], rest[n_w:]) if ctx.kept_x else ([None] * n_w, rest)
+        need_y0, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_weight, need_bias = ctx.needs_input_grad[5 : 5 + n_w], ctx.needs_input_grad[5 + n_w :]
+        # the forward kept x_n only when a module weight needs its gradient
+        xs, rest = (rest[:n_w], rest[n_w:]) if any(need_weight) else ([None] * n_w, rest)
         acts, weights = rest[:n_w], rest[n_w:]
         n_mod, batch, max_k = rows.shape
         n_rows, width = n_mod * batch, flat.shape[1]
-        need_y0, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_weight, need_bias = ctx.needs_input_grad[5 : 5 + n_w], ctx.needs_input_grad[5 + n_w :]
         resrouting = trusted is not None
 
         # The edges are the slots (m-1, b, k) of `rows`, node-major: slot p says that node m
