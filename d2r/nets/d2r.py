@@ -270,5 +270,6 @@ class D2RNet(MultiTaskNet):
     def _module_stack(self, x0, route, w, trusted) -> torch.Tensor:
         """Modules 0..N-1 and the output node's mix; modules 1.. run in `RoutedModuleStack`."""
         y0 = F.relu(self.layers[0](x0))
-        params = [layer.weight for layer in self.layers[1:]] + [layer.bias for layer in self.layers[1:]]
+        routed = list(self.layers)[1:]  # slicing the ModuleList builds a new one each time
+        params = [layer.weight for layer in routed] + [layer.bias for layer in routed]
         return RoutedModuleStack.apply(y0, w, route, trusted, torch.is_grad_enabled(), *params)
