@@ -161,21 +161,20 @@ class MultiTaskSAC(nn.Module):
         """[T * b] per-sample values -> [T] per-task means (batches are task-major)."""
         return values.view(self.num_tasks, -1).mean(dim=1)
 
-    def _task_loss(self, per_sample: torch.Tensor, data_ok: torch.Tensor | None = None):
-        """Weighted mean over tasks of per-task losses, dropping tasks whose loss exceeds the threshold
-        or is not finite, or whose sampled transitions were not finite (`data_ok` [T] False):
-        (loss, keep [T] float, finite [T] bool).
+    def _masked_mean(self, terms: dict[str, torch.Tensor], data_ok: torch.Tensor):
+        """Mean over tasks of L_tau = the sum of `terms` ([T] per-task losses, already weighted),
+        dropping a task from all of them when its L_tau exceeds the threshold or is not finite, or
+        when its sampled transitions were not finite (`data_ok` [T] False), as the release's
+        extreme-task mask: (loss, keep [T] bool, finite [T] bool).
 
-        A dropped task contributes exactly zero to the loss and to every gradient (torch.where, not a
-        product with the mask, so a NaN of a dropped task does not leak); kept tasks' values are
-        bit-for-bit those of a plain product with the mask.
+        A dropped task contributes exactly zero to the loss and to every gradient (torch.where, not
+        a product with the mask, so a NaN of a dropped task does not leak).
         """
-        per_task = self._per_task(per_sample)
-        raw = per_task.detach()
-        finite = torch.isfinite(raw) if data_ok is None else torch.isfinite(raw) & data_ok
+        total = sum(terms.values())
+        raw = total.detach()
+        finite = torch.isfinite(raw) & data_ok
         keep = finite & (raw <= self.sac.loss_mask_threshold)
-        weights = self.task_weights() if self.method.task_loss_weights else torch.ones_like(per_task)
-        return (weights * torch.where(keep, per_task, 0.0)).mean(), keep.float(), finite
+        return torch.where(keep, total, 0.0).mean(), keep, finite
 
     def _finite_batch(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
         """Zero the non-finite values of a sampled batch; [T] flags: all of the task's samples were finite.
@@ -193,20 +192,22 @@ class MultiTaskSAC(nn.Module):
             ok &= finite if finite.dim() == 1 else finite.all(dim=-1)
         return dataclasses.replace(batch, **clean), ok.view(self.num_tasks, -1).all(dim=1)
 
-    def _fault(self, norms: dict[str, torch.Tensor], losses: dict) -> NonFiniteError:
+    def _fault(self, norms: dict[str, torch.Tensor], terms: dict[str, torch.Tensor],
+               keep: torch.Tensor | None = None) -> NonFiniteError:
         """Name what went non-finite (slow path, only after a failed check): a parameter first (the
-        cause), then a loss, then a gradient, with the tasks whose own loss was not finite."""
+        cause), then a loss of the kept tasks, then a gradient, with the tasks whose own loss term
+        was not finite. `terms`: [T] per-task losses under the name of the group they train."""
         for name, params in self._named("policy", "q1", "q2", "q1_target", "q2_target", "alpha").items():
             for pname, p in params:
                 if not torch.isfinite(p).all():
                     return NonFiniteError("parameter", name, detail=pname)
-        for name, (total, raw) in losses.items():
-            if not torch.isfinite(total):
+        for name, per_task in terms.items():
+            if keep is not None and not torch.isfinite(torch.where(keep, per_task, 0.0)).all():
                 return NonFiniteError("loss", name)
         for name, norm in norms.items():
             if not torch.isfinite(norm):
-                raw = losses.get(name, (None, None))[1]
-                tasks = [] if raw is None else torch.nonzero(~torch.isfinite(raw)).flatten().tolist()
+                per_task = terms.get(name)
+                tasks = [] if per_task is None else torch.nonzero(~torch.isfinite(per_task)).flatten().tolist()
                 return NonFiniteError("gradient", name, tasks)
         return NonFiniteError("value", "/".join(norms) or "update")
 
@@ -224,14 +225,15 @@ class MultiTaskSAC(nn.Module):
         self._skipped.zero_()
         return {"nonfinite": counts[0], "over_threshold": counts[1]}
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One multi-task SAC step (spec section 4). Returns detached diagnostics."""
-        sac, routed = self.sac, self.routed
-        batch, data_ok = self._finite_batch(batch)
-        alpha = self.log_alpha.exp().detach()[batch.task]          # [B]
-        sa = torch.cat([batch.state, batch.action], dim=-1)
+    # The terms of spec section 4, per task ([T]); J_pi and J_Q weighted by w_tau where the
+    # method weights task losses, J_alpha never (as the release).
+    def _loss_weights(self) -> torch.Tensor:
+        return self.task_weights() if self.method.task_loss_weights else torch.ones(self.num_tasks, device=self.device)
 
-        # Critic target: greedy routes everywhere, sampled next action.
+    def _critic_terms(self, batch: Batch, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        """J_Q1, J_Q2: each Q on a route sampled with T_tau (ResRouting where the method has it)
+        against y = r + gamma (1 - d) (min Qbar(s', a'; greedy) - alpha log pi(a'|s'; greedy))."""
+        sac = self.sac
         with torch.no_grad():
             next_action, next_log_prob, _ = self.policy.sample(batch.next_state, batch.task, route_mode="greedy")
             next_sa = torch.cat([batch.next_state, next_action], dim=-1)
@@ -239,71 +241,104 @@ class MultiTaskSAC(nn.Module):
             target = sac.reward_scale * batch.reward + sac.gamma * (1.0 - batch.done) * (
                 q_next.squeeze(-1) - alpha * next_log_prob
             )
+        sa = torch.cat([batch.state, batch.action], dim=-1)
+        q_kw = dict(route_mode="sampled", temperature=self.temperature, resrouting=self._resrouting)
+        w = self._loss_weights()
+        return {name: w * self._per_task((q(sa, batch.task, **q_kw)[0].squeeze(-1) - target) ** 2)
+                for name, q in (("q1", self.q1), ("q2", self.q2))}
 
-        # Critic: each Q on a route sampled with T_tau, with ResRouting.
-        q_kw = dict(route_mode="sampled", temperature=self.temperature, resrouting=routed and self.method.resrouting)
-        q1 = self.q1(sa, batch.task, **q_kw)[0].squeeze(-1)
-        q2 = self.q2(sa, batch.task, **q_kw)[0].squeeze(-1)
-        q1_loss, q1_keep, q1_finite = self._task_loss((q1 - target) ** 2, data_ok)
-        q2_loss, q2_keep, q2_finite = self._task_loss((q2 - target) ** 2, data_ok)
-        self.q_optim.zero_grad(set_to_none=True)
-        (q1_loss + q2_loss).backward()
-        # The clipping norms double as the gradient check: NaN/Inf anywhere makes the norm non-finite.
-        q1_norm = nn.utils.clip_grad_norm_(self.q1.parameters(), sac.grad_clip)
-        q2_norm = nn.utils.clip_grad_norm_(self.q2.parameters(), sac.grad_clip)
-        if not _all_finite([q1_norm, q2_norm, q1_loss.detach(), q2_loss.detach()]):  # no step on a bad gradient
-            raise self._fault({"q1": q1_norm, "q2": q2_norm},
-                              {"q1": (q1_loss.detach(), self._per_task(((q1 - target) ** 2).detach())),
-                               "q2": (q2_loss.detach(), self._per_task(((q2 - target) ** 2).detach()))})
-        self.q_optim.step()
-
-        # Actor: the behaviour route replayed (with ResRouting), or the current router's own path.
-        if routed and self.method.policy_route == "replayed":
+    def _actor_terms(self, batch: Batch, alpha: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """J_pi and J_alpha, and log pi(a_new|s) [B]. The policy on the behaviour route replayed
+        (with ResRouting) or on the current router's own path; the action judged by the current Qs
+        on their greedy route, with ResRouting as the release (its Qs are in training mode)."""
+        if self.routed and self.method.policy_route == "replayed":
             pi_kw = dict(route_mode="replayed", route=batch.route, resrouting=self.method.resrouting)
         else:
             pi_kw = dict(route_mode="greedy")
         new_action, log_prob, _ = self.policy.sample(batch.state, batch.task, **pi_kw)
         new_sa = torch.cat([batch.state, new_action], dim=-1)
-        # Gradient reaches the action through the Qs; their own weights are frozen for this
-        # forward, so the backward skips their weight gradients (which the actor would discard).
+        # Gradient reaches the action through the Qs; their own weights are frozen for this forward
+        # (the release uses copies), so the backward skips weight gradients nobody would use.
+        q_kw = dict(route_mode="greedy", resrouting=self._resrouting)
         with _frozen(self.q1, self.q2):
-            q_new = torch.min(self.q1(new_sa, batch.task)[0], self.q2(new_sa, batch.task)[0]).squeeze(-1)
-        pi_loss, pi_keep, pi_finite = self._task_loss(alpha * log_prob - q_new, data_ok)
-        self.policy_optim.zero_grad(set_to_none=True)
-        pi_loss.backward()
-        pi_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), sac.grad_clip)
+            q_new = torch.min(self.q1(new_sa, batch.task, **q_kw)[0], self.q2(new_sa, batch.task, **q_kw)[0])
+        alpha_term = -self.log_alpha[batch.task] * (log_prob.detach() + self.target_entropy)
+        terms = {"policy": self._loss_weights() * self._per_task(alpha * log_prob - q_new.squeeze(-1)),
+                 "alpha": self._per_task(alpha_term)}
+        return terms, log_prob
 
-        # Entropy coefficients, one per task; log alpha clamped to <= 0. The gradient only needs
-        # log_prob, so it is taken before the policy step and checked with the policy's. A task
-        # dropped for non-finite values is left out here too (its log_prob is meaningless).
-        alpha_term = torch.where(pi_finite[batch.task], log_prob.detach() + self.target_entropy, 0.0)
-        alpha_loss = -(self.log_alpha[batch.task] * alpha_term).mean()
-        self.alpha_optim.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        if not _all_finite([pi_norm, pi_loss.detach(), alpha_loss.detach()]):
-            raise self._fault({"policy": pi_norm},
-                              {"policy": (pi_loss.detach(), self._per_task((alpha * log_prob - q_new).detach())),
-                               "alpha": (alpha_loss.detach(), None)})
-        self.policy_optim.step()
-        self.alpha_optim.step()
+    @property
+    def _resrouting(self) -> bool:
+        return self.routed and self.method.resrouting
+
+    def _clipped_norms(self, *groups: str) -> dict[str, torch.Tensor]:
+        """Clip each group's gradient to norm grad_clip; the norms before clipping. They double as
+        the gradient check: a NaN/Inf anywhere makes the norm non-finite."""
+        params = {"policy": self.policy.parameters, "q1": self.q1.parameters, "q2": self.q2.parameters,
+                  "alpha": lambda: [self.log_alpha]}
+        return {g: nn.utils.clip_grad_norm_(params[g](), self.sac.grad_clip) for g in groups}
+
+    def _check(self, norms: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], loss: torch.Tensor,
+               keep: torch.Tensor) -> None:
+        """No step on a bad gradient or loss: one host synchronisation."""
+        if not _all_finite([*norms.values(), loss.detach()]):
+            raise self._fault(norms, {k: v.detach() for k, v in terms.items()}, keep)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One multi-task SAC step (spec section 4), in `sac.update_order`. Returns detached diagnostics."""
+        batch, data_ok = self._finite_batch(batch)
+        alpha = self.log_alpha.exp().detach()[batch.task]          # [B]
+        optims = (self.q_optim, self.policy_optim, self.alpha_optim)
+        if self.sac.update_order == "joint":
+            # The release: every loss from the parameters before the step, one backward, then every
+            # optimiser steps (the Qs' weights get no gradient from J_pi: they are frozen there).
+            terms = self._critic_terms(batch, alpha)
+            actor_terms, log_prob = self._actor_terms(batch, alpha)
+            terms.update(actor_terms)
+            loss, keep, finite = self._masked_mean(terms, data_ok)
+            for optim in optims:
+                optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self._check(self._clipped_norms("policy", "q1", "q2", "alpha"), terms, loss, keep)
+            for optim in optims:
+                optim.step()
+        else:
+            # Critic first; then the actor and alpha through the updated critics. Each phase drops a
+            # task whose own summed terms (J_Q1 + J_Q2, then J_pi + J_alpha) are over the threshold.
+            terms = self._critic_terms(batch, alpha)
+            loss_q, keep, finite = self._masked_mean(terms, data_ok)
+            self.q_optim.zero_grad(set_to_none=True)
+            loss_q.backward()
+            self._check(self._clipped_norms("q1", "q2"), terms, loss_q, keep)
+            self.q_optim.step()
+            actor_terms, log_prob = self._actor_terms(batch, alpha)
+            loss_pi, keep_pi, finite_pi = self._masked_mean(actor_terms, data_ok)
+            self.policy_optim.zero_grad(set_to_none=True)
+            self.alpha_optim.zero_grad(set_to_none=True)
+            loss_pi.backward()
+            self._check(self._clipped_norms("policy", "alpha"), actor_terms, loss_pi, keep_pi)
+            self.policy_optim.step()
+            self.alpha_optim.step()
+            terms.update(actor_terms)
+            keep, finite = keep & keep_pi, finite & finite_pi
+
         with torch.no_grad():
             self.log_alpha.clamp_(max=0.0)
             for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-                torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), sac.tau)
+                torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), self.sac.tau)
         self.refresh_temperature()
         # Parameters after the steps: one fused norm per trained tensor (a NaN/Inf makes it non-finite),
         # one host sync.
         if not _all_finite(torch._foreach_norm(self._trained)):
             raise self._fault({}, {})
         with torch.no_grad():
-            finite = q1_finite & q2_finite & pi_finite
-            self._skipped += torch.stack([~finite, finite & (q1_keep * q2_keep * pi_keep == 0)])
-
+            self._skipped += torch.stack([~finite, finite & ~keep])
+            kept = {name: torch.where(keep, value.detach(), 0.0).mean() for name, value in terms.items()}
         return {
-            "loss_q": (q1_loss + q2_loss).detach() / 2,
-            "loss_pi": pi_loss.detach(),
-            "loss_alpha": alpha_loss.detach(),
-            "masked_tasks": (2 - q1_keep - q2_keep).sum() + (1 - pi_keep).sum(),
+            "loss_q": (kept["q1"] + kept["q2"]) / 2,
+            "loss_pi": kept["policy"],
+            "loss_alpha": kept["alpha"],
+            "masked_tasks": (~keep).sum(),
             "entropy": -log_prob.detach().mean(),
         }
 

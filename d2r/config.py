@@ -45,6 +45,7 @@ class SACConfig:
     loss_mask_threshold: float
     bootstrap_on_truncation: bool
     overlap_collection: bool
+    update_order: str             # joint (the release: every loss from the pre-step parameters) | sequential
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,8 @@ def _check_top_k(net_args: dict, path: list[str], source: str) -> None:
 
 
 def _method(name: str, raw_method: dict, nets: dict, source: str) -> MethodConfig:
-    net_args = copy.deepcopy(nets[raw_method["net"]])
+    # nets.init is every kind's default; nets.<kind> and the method's net_args may override it
+    net_args = {"init": nets["init"], **copy.deepcopy(nets[raw_method["net"]])}
     overrides = raw_method.get("net_args", {})
     allowed = set(net_args) | ({"fixed_depth"} if raw_method["net"] == "d2r" else set())
     for key in overrides:

@@ -38,8 +38,9 @@ def test_shipped_params_are_valid_and_typed():
     assert params.experiment("easy3").tasks == ("reach", "drawer-close", "button-press-topdown")
     run = params.run("mt10", "d2r", 0)
     # Paper settings are the defaults.
-    assert run.method.net_args == {"encoder": [400, 400], "num_modules": 16, "width": 128, "top_k": 2,
-                                   "router_hidden": [256, 256]}
+    assert run.method.net_args == {"init": "release", "encoder": [400, 400], "num_modules": 16, "width": 128,
+                                   "top_k": 2, "router_hidden": [256, 256]}
+    assert run.sac.update_order == "joint"  # the release's order
     assert (run.sac.gamma, run.sac.tau, run.sac.lr, run.sac.lr_alpha, run.sac.reward_scale) == (
         0.99, 0.005, 3e-4, 1e-4, 0.1)
     budget = run.experiment.budget

@@ -20,10 +20,12 @@ class                       routing level      reference structure
 :class:`SoftModularNet`     layer level        Yang et al. 2020, ``ModularGatedCascadeCondNet``
 ==========================  =================  ==============================================
 
-Initialisation: every layer keeps PyTorch's default ``nn.Linear`` initialisation. The
-Soft-Module release uses its own scheme (fan-in uniform weights with bias 0.1 for hidden
-layers, U(-3e-3, 3e-3) for the last layers); we do not copy it so that all methods of this
-project (D2R included) start from the same, standard initialisation.
+Initialisation (``init``, see :mod:`d2r.nets.init`): ``"release"`` (default) as the D2R and
+Soft-Module releases, hidden layers U(+-1/sqrt(out_features)) with bias 0.1 and the last layer
+U(+-3e-3); ``"torch"`` keeps PyTorch's default ``nn.Linear`` initialisation. Which layers count
+as last: the output layer of every network (the per-task heads of multi-head SAC, each expert's
+output layer of the mixture of experts) and, as in the Soft-Module release, the layers that
+give Soft Modularization's routing logits.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d2r.nets import init as inits
 from d2r.nets.base import MultiTaskNet, RouteMode
 
 __all__ = [
@@ -84,10 +87,11 @@ class _Baseline(MultiTaskNet):
     routed = False
     route_shape = None
 
-    def __init__(self, in_dim: int, out_dim: int, num_tasks: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, num_tasks: int, init: str) -> None:
         super().__init__()
         if in_dim <= 0 or out_dim <= 0 or num_tasks <= 0:
             raise ValueError("in_dim, out_dim and num_tasks must be positive")
+        inits.check_scheme(init)
         self.in_dim = int(in_dim)
         self.out_dim = int(out_dim)
         self.num_tasks = int(num_tasks)
@@ -124,11 +128,14 @@ class MTSACNet(_Baseline):
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, num_tasks: int, *, hidden: Sequence[int] = (400, 400, 400)
+        self, in_dim: int, out_dim: int, num_tasks: int, *, hidden: Sequence[int] = (400, 400, 400),
+        init: str = "release",
     ) -> None:
-        super().__init__(in_dim, out_dim, num_tasks)
+        super().__init__(in_dim, out_dim, num_tasks, init)
         self.hidden = tuple(int(h) for h in hidden)
         self.net = mlp(in_dim + num_tasks, self.hidden, out_dim)
+        if init == "release":
+            inits.release_linears_(self, last=[self.net[-1]])
 
     def _forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x, self.one_hot(task, x)], dim=-1))
@@ -153,9 +160,10 @@ class MultiHeadNet(_Baseline):
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, num_tasks: int, *, hidden: Sequence[int] = (400, 400, 400)
+        self, in_dim: int, out_dim: int, num_tasks: int, *, hidden: Sequence[int] = (400, 400, 400),
+        init: str = "release",
     ) -> None:
-        super().__init__(in_dim, out_dim, num_tasks)
+        super().__init__(in_dim, out_dim, num_tasks, init)
         self.hidden = tuple(int(h) for h in hidden)
         if not self.hidden:
             raise ValueError("MultiHeadNet needs at least one hidden layer")
@@ -163,6 +171,9 @@ class MultiHeadNet(_Baseline):
         h = self.hidden[-1]
         self.head_weight = nn.Parameter(_linear_init(h, (num_tasks, h, out_dim)))
         self.head_bias = nn.Parameter(_linear_init(h, (num_tasks, out_dim)))
+        if init == "release":
+            inits.release_linears_(self.trunk, last=[])
+            inits.last_(self.head_weight, self.head_bias)  # the heads are the network's last layer
 
     def _forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         z = self.trunk(torch.cat([x, self.one_hot(task, x)], dim=-1))  # [B, H]
@@ -196,8 +207,9 @@ class MixtureOfExpertsNet(_Baseline):
         *,
         num_experts: int = 4,
         hidden: Sequence[int] = (400, 400),
+        init: str = "release",
     ) -> None:
-        super().__init__(in_dim, out_dim, num_tasks)
+        super().__init__(in_dim, out_dim, num_tasks, init)
         if num_experts < 1:
             raise ValueError("num_experts must be >= 1")
         self.num_experts = int(num_experts)
@@ -209,6 +221,12 @@ class MixtureOfExpertsNet(_Baseline):
             self.weights.append(nn.Parameter(_linear_init(d_in, (self.num_experts, d_in, d_out))))
             self.biases.append(nn.Parameter(_linear_init(d_in, (self.num_experts, d_out))))
         self.gate = nn.Linear(num_tasks, self.num_experts)
+        if init == "release":
+            inits.release_linears_(self.gate, last=[])
+            *hidden_layers, last_layer = zip(self.weights, self.biases)
+            for weight, bias in hidden_layers:  # stacked [E, d_in, d_out]: a Linear of d_out outputs
+                inits.hidden_(weight, bias, weight.shape[-1])
+            inits.last_(*last_layer)
 
     def gate_weights(self, task: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
         """[B, E] softmax mixture weights for the tasks in `task`."""
@@ -273,8 +291,7 @@ class SoftModularNet(_Baseline):
     output ``e`` (not ``f(s) * h(z)`` itself); routing for layer l+1 is conditioned on all
     previous routing matrices (switch: ``routing_condition``); the last layer is combined
     with learned soft weights (switch: ``output_routing``); ReLU is applied after mixing.
-    Not copied: the release's BatchNorm option (off in its configs) and its custom
-    initialisation (see the module docstring).
+    Not copied: the release's BatchNorm option (off in its configs).
     """
 
     def __init__(
@@ -292,8 +309,9 @@ class SoftModularNet(_Baseline):
         routing_layers: int = 2,
         routing_condition: Literal["all", "previous"] = "all",
         output_routing: bool = True,
+        init: str = "release",
     ) -> None:
-        super().__init__(in_dim, out_dim, num_tasks)
+        super().__init__(in_dim, out_dim, num_tasks, init)
         encoder = tuple(int(h) for h in encoder)
         if not encoder or encoder[-1] != embed_dim:
             raise ValueError(
@@ -347,6 +365,14 @@ class SoftModularNet(_Baseline):
             self.module_weight.append(nn.Parameter(_linear_init(W, (n, W, W))))
             self.module_bias.append(nn.Parameter(_linear_init(W, (n, W))))
         self.head = nn.Linear(W, out_dim)
+        if init == "release":
+            # the Soft-Module release gives its routing-logit layers the last layers' scheme
+            logit_layers = [*self.route_out, *([self.out_gate] if self.output_routing else [])]
+            inits.release_linears_(self, last=[*logit_layers, self.head])
+            # layer 0 and the stacked modules stand for n Linear layers of W outputs each
+            inits.hidden_(self.layer0.weight, self.layer0.bias, W)
+            for weight, bias in zip(self.module_weight, self.module_bias):
+                inits.hidden_(weight, bias, W)
 
     def _cond_dim(self, num_prev: int) -> int:
         """Input size of the conditioning layer that sees `num_prev` routing matrices."""

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d2r.nets import init as inits
 from d2r.nets import routes as R
 from d2r.nets.base import MultiTaskNet, RouteMode
 from d2r.nets.module_stack import RoutedModuleStack
@@ -75,8 +76,10 @@ class D2RNet(MultiTaskNet):
         top_k: int = 2,
         router_hidden: Sequence[int] = (256, 256),
         fixed_depth: bool = False,
+        init: str = "release",
     ) -> None:
         super().__init__()
+        inits.check_scheme(init)
         if len(encoder) < 1:
             raise ValueError("encoder needs at least one layer")
         if num_modules < 1:
@@ -101,6 +104,8 @@ class D2RNet(MultiTaskNet):
         else:
             self.task_embed = nn.Linear(num_tasks, emb)
             self.router = _mlp(emb, router_hidden, R.num_edges(num_modules))
+        if init == "release":  # the router's logit layer too: the release gives it basic_init
+            inits.release_linears_(self, last=[self.head])
 
         n = torch.arange(1, num_modules + 1)
         # [N, N] flat-logit position of edge j -> node n (row n-1), num_edges for j >= n
