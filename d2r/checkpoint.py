@@ -3,7 +3,8 @@
 Files are `ckpt-<epoch>.pt` (tensors and plain data, loaded with torch.load(weights_only=True)
 so that a checkpoint from elsewhere cannot run code) and a JSON sidecar `ckpt-<epoch>.json`
 holding its checksum, written after the checkpoint: a checkpoint counts only once its sidecar
-exists. Loading takes the newest checkpoint whose checksum matches and warns, naming the file,
+exists. A run stopped by a signal in the middle of an epoch writes `ckpt-<epoch>.<step>.pt`:
+<epoch> epochs done and <step> units (the episode, then each update) of the next. Loading takes the newest checkpoint whose checksum matches and warns, naming the file,
 about any it had to skip (no sidecar: a crash between the two writes; checksum mismatch: a
 truncated or corrupted file). Temporary files of interrupted writes (`.ckpt-*.tmp`) are never
 read, and are removed by the next save.
@@ -28,7 +29,7 @@ import torch
 from d2r.io import atomic_write_bytes, atomic_write_json, read_json
 
 KEEP = 2
-_NAME = re.compile(r"ckpt-(\d+)\.pt")
+_NAME = re.compile(r"ckpt-(\d+)(?:\.(\d+))?\.pt")
 
 
 class CheckpointError(RuntimeError):
@@ -39,10 +40,16 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _position(path: Path) -> tuple[int, int]:
+    """(epochs done, 0) for an epoch's checkpoint, (epochs done, 1 + step) within the next epoch."""
+    epoch, step = _NAME.fullmatch(path.name).groups()
+    return int(epoch), 0 if step is None else 1 + int(step)
+
+
 def checkpoint_files(directory: str | Path) -> list[Path]:
-    """`ckpt-<epoch>.pt` files of `directory`, oldest first (temporary files excluded)."""
+    """Checkpoint files of `directory`, oldest first (temporary files excluded)."""
     directory = Path(directory)
-    return sorted(p for p in directory.glob("ckpt-*.pt") if _NAME.fullmatch(p.name))
+    return sorted((p for p in directory.glob("ckpt-*.pt") if _NAME.fullmatch(p.name)), key=_position)
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -56,20 +63,22 @@ def save_model(path: str | Path, state_dict: dict[str, Any]) -> None:
     atomic_write_bytes(path, _torch_bytes(state_dict))
 
 
-def save_checkpoint(directory: str | Path, epoch: int, state: dict[str, Any]) -> Path:
+def save_checkpoint(directory: str | Path, epoch: int, state: dict[str, Any], step: int | None = None) -> Path:
+    """Checkpoint after `epoch` epochs (and `step` units of the next one, for a stop mid-epoch)."""
     directory = Path(directory)
     data = _torch_bytes(state)
-    path = directory / f"ckpt-{epoch:07d}.pt"
+    path = directory / (f"ckpt-{epoch:07d}.pt" if step is None else f"ckpt-{epoch:07d}.{step:06d}.pt")
     atomic_write_bytes(path, data)
     # The sidecar is written last: a checkpoint counts only once its checksum exists.
-    atomic_write_json(path.with_suffix(".json"), {"epoch": epoch, "sha256": _sha256(data), "bytes": len(data)})
+    atomic_write_json(path.with_suffix(".json"),
+                      {"epoch": epoch, "step": step, "sha256": _sha256(data), "bytes": len(data)})
     # Keep the newest KEEP complete checkpoints (those with a sidecar); drop older ones, incomplete
     # ones older than this, and leftovers of interrupted writes (one writer per run directory: a
     # temporary file here is stale).
     files = checkpoint_files(directory)
     keep = [p for p in files if p.with_suffix(".json").exists()][-KEEP:]
     for old in files:
-        if old not in keep and old.name < path.name:
+        if old not in keep and _position(old) < _position(path):
             old.with_suffix(".json").unlink(missing_ok=True)
             old.unlink(missing_ok=True)
     for stale in directory.glob(".ckpt-*.tmp"):

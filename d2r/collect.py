@@ -75,6 +75,11 @@ class Collector:
         self._thread = threading.Thread(target=target, name="d2r-collector", daemon=True)
         self._thread.start()
 
+    @property
+    def busy(self) -> bool:
+        """An episode started with `start` and not yet joined."""
+        return self._thread is not None
+
     def join(self) -> Episode:
         self._thread.join()
         self._thread, result, self._result = None, self._result, None

@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+class WriteError(OSError):
+    """A file that could not be written (disk full, quota, I/O error), naming it."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(err.errno, f"cannot write {path}: {err.strerror or err}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -19,7 +30,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise WriteError(path, err) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -27,9 +41,23 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, I/O error: the old file is untouched
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(path, err) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append `text` to a log file; a failed write names the file (a torn last line is ignored by
+    read_jsonl)."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+    except OSError as err:
+        raise WriteError(Path(path), err) from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

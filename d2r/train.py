@@ -1,17 +1,26 @@
 """Training job: epochs of collection (one episode per task) then updates (spec section 5).
 
 Resumable: a checkpoint is written every `checkpoint_every` epochs at an epoch boundary,
-holding the agent, optimisers, replay buffer, step counters and every random state (python,
-numpy, torch, the buffer's generator, the envs'). Re-running the same command continues from
-the newest intact checkpoint; the logs are cut back to that epoch, so they read as one run.
+holding the agent, optimisers, replay buffer, step counters, every random state (python,
+numpy, torch, the buffer's generator, the envs') and every log line so far. Re-running the same
+command continues from the newest intact checkpoint and rewrites train_log.jsonl and
+eval_log.jsonl from it, so the logs read as one run even when they were deleted (as Snakemake
+deletes a failed job's outputs).
+
+Graceful stop: on SIGTERM or SIGINT (Slurm's time limit, `kill`, Ctrl-C) the update in progress
+finishes, a checkpoint of the exact position (mid-epoch included) is written, one line says so,
+and the job exits with status 75 (EX_TEMPFAIL: run it again to continue). A second signal stops
+at once. Raising `epochs` of a finished run continues it from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -25,14 +34,16 @@ from d2r import envs as mw
 from d2r.agent import MultiTaskSAC, NonFiniteError
 from d2r.checkpoint import checkpoint_files, load_latest_checkpoint, save_checkpoint, save_model
 from d2r.cli import add_run_arguments
-from d2r.collect import Collector, Episode
+from d2r.collect import Collector
 from d2r.config import RunConfig, load_params
 from d2r.evaluate import evaluate_agent
-from d2r.io import atomic_write_bytes, atomic_write_json, dump_json, read_jsonl
+from d2r.io import WriteError, append_text, atomic_write_bytes, atomic_write_json, dump_json
 from d2r.nets import parameter_count
+from d2r.provenance import code_version
 from d2r.replay import TaskReplayBuffer
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
+EXIT_NONFINITE, EXIT_STOPPED = 3, 75  # 75 = EX_TEMPFAIL: stopped by a signal, run again to continue
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,29 +108,92 @@ def _to_python(value):
 
 
 class JsonlLog:
-    """Append-only JSON-lines log that can be cut back to the records before an epoch."""
+    """A JSON-lines log kept in memory too: the checkpoints carry its records, and a resumed run
+    rewrites the file from them (whatever became of the file)."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.records: list[dict] = []
 
-    def truncate_to(self, epoch: int) -> None:
-        """Keep only the records up to `epoch` completed epochs (what the resumed checkpoint has seen)."""
-        kept = [r for r in read_jsonl(self.path) if r["epoch"] <= epoch] if self.path.exists() else []
-        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
+    def restore(self, records: list[dict]) -> None:
+        """Start from `records` (those of the checkpoint resumed from): the file is rewritten."""
+        self.records = list(records)
+        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records).encode())
 
     def append(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
+        self.records.append(record)
+        append_text(self.path, json.dumps(record, sort_keys=True) + "\n")
+
+
+def _comparable(config_json: str) -> dict:
+    """A run's training configuration without `epochs`: raising it continues the run."""
+    config = json.loads(config_json)
+    config["experiment"]["budget"].pop("epochs")
+    return config
+
+
+@dataclasses.dataclass
+class EpochProgress:
+    """How far the epoch in progress got when a signal stopped it (a mid-epoch checkpoint)."""
+
+    success: list[int] | None = None    # training success per task, once the episode is collected
+    updates: int = 0                    # updates done in this epoch
+    totals: dict = dataclasses.field(default_factory=dict)  # sums of the update statistics
+    elapsed: float = 0.0                # seconds spent in this epoch so far
+    pending: list | None = None         # overlapped collection: the episode, stored after the updates
+    skipped: torch.Tensor | None = None  # the agent's counts of dropped tasks in this epoch
+
+    @property
+    def step(self) -> int:
+        """Units done: the episode (1), then each update."""
+        return int(self.success is not None) + self.updates
+
+
+class GracefulStop:
+    """SIGTERM / SIGINT: remember the signal (the trainer stops at its next safe point); a second
+    one stops at once (the default action)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # asked twice: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Stopped(Exception):
+    """Training stopped by a signal at a safe point, after writing a checkpoint."""
+
+    def __init__(self, signum: int, epoch: int, progress: EpochProgress, path: Path):
+        self.signum, self.epoch, self.progress, self.path = signum, epoch, progress, path
+
+    def describe(self) -> str:
+        where = (f"after {self.progress.updates} updates of epoch {self.epoch + 1}" if self.progress.step
+                 else f"at the end of epoch {self.epoch}")
+        return (f"stopped by {signal.Signals(self.signum).name} {where}: checkpoint {self.path} written; "
+                "run the same command again to continue")
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, out_dir: Path, progress: bool = True):
+    def __init__(self, run: RunConfig, out_dir: Path, progress: bool = True, stop: GracefulStop | None = None):
         self.run, self.out_dir, self.progress = run, Path(out_dir), progress
         self.exp, self.budget = run.experiment, run.experiment.budget
         self.tasks = list(self.exp.tasks)
         self.device = resolve_device(run.device)
         self.config_json = dump_json(run.training_dict())
+        self.stop = stop
         seed_everything(run.seed)
 
         self.envs = make_run_envs(run, TRAIN_STREAM)
@@ -133,13 +207,15 @@ class Trainer:
         self.collector = Collector(self.agent, self.envs, self.device, seed=run.seed,
                                    cut_on_truncation=not run.sac.bootstrap_on_truncation)
         self.epoch, self.updates, self.wall_time = 0, 0, 0.0
+        self.partial: EpochProgress | None = None  # the epoch a mid-epoch checkpoint stopped in
+        self._epoch_start = 0.0
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.train_log = JsonlLog(self.out_dir / "train_log.jsonl")
         self.eval_log = JsonlLog(self.out_dir / "eval_log.jsonl")
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {
+    def state(self, progress: EpochProgress | None = None) -> dict:
+        state = {
             "config": self.config_json,
             "epoch": self.epoch,
             "updates": self.updates,
@@ -150,16 +226,27 @@ class Trainer:
             "rng": rng_state(),
             "collector_rng": self.collector.generator.get_state(),
             "env_rng": {"train": mw.get_rng_state(self.envs), "eval": mw.get_rng_state(self.eval_envs)},
+            "logs": {"train": self.train_log.records, "eval": self.eval_log.records},
         }
+        if progress is not None:
+            state["progress"] = dataclasses.asdict(progress)
+        return state
 
     def resume(self) -> bool:
+        files = checkpoint_files(self.checkpoint_dir)
         state = load_latest_checkpoint(self.checkpoint_dir, map_location=self.device)
         if state is None:
+            if files:
+                print(f"warning: none of the {len(files)} checkpoints in {self.checkpoint_dir} is readable; "
+                      "training starts from scratch", file=sys.stderr)
             return False
         if state["config"] != self.config_json:
-            warnings.warn(f"checkpoints in {self.checkpoint_dir} belong to other parameters; starting afresh")
-            shutil.rmtree(self.checkpoint_dir)
-            return False
+            if _comparable(state["config"]) != _comparable(self.config_json) or state["epoch"] > self.budget.epochs:
+                warnings.warn(f"checkpoints in {self.checkpoint_dir} belong to other parameters; starting afresh")
+                shutil.rmtree(self.checkpoint_dir)
+                return False
+            old = json.loads(state["config"])["experiment"]["budget"]["epochs"]
+            print(f"continuing the run of {old} epochs to {self.budget.epochs} epochs (epochs raised)", file=sys.stderr)
         self.epoch, self.updates, self.wall_time = state["epoch"], state["updates"], state["wall_time"]
         self.agent.load_state_dict(state["agent"])
         self.agent.load_optimizer_state(state["optimizers"])
@@ -170,36 +257,76 @@ class Trainer:
         self.collector.generator.set_state(state["collector_rng"].cpu())
         mw.set_rng_state(self.envs, state["env_rng"]["train"])
         mw.set_rng_state(self.eval_envs, state["env_rng"]["eval"])
+        self.train_log.restore(state["logs"]["train"])
+        self.eval_log.restore(state["logs"]["eval"])
+        if "progress" in state:
+            self.partial = EpochProgress(**state["progress"])
         return True
 
+    def save(self, progress: EpochProgress | None = None) -> Path:
+        """A checkpoint at an epoch boundary, or of the epoch in progress."""
+        return save_checkpoint(self.checkpoint_dir, self.epoch, self.state(progress),
+                               step=None if progress is None else progress.step)
+
+    def stop_if_asked(self, progress: EpochProgress | None = None) -> None:
+        """At a safe point: when a signal came, write a checkpoint of exactly here and stop. Within
+        an epoch (`progress`), an overlapped episode is finished first and held in the checkpoint."""
+        if self.stop is None or self.stop.signal is None:
+            return
+        if progress is not None:
+            if self.collector.busy:
+                self._join_collection(progress)
+            progress.skipped = self.agent._skipped.clone()
+            progress.elapsed = time.perf_counter() - self._epoch_start
+        raise Stopped(self.stop.signal, self.epoch, progress or EpochProgress(), self.save(progress))
+
     # ---- one epoch --------------------------------------------------------------------------
-    def store(self, episode: Episode) -> np.ndarray:
-        for transition in episode.transitions:
+    def store(self, transitions: list) -> None:
+        for transition in transitions:
             self.buffer.add(*transition)
-        return episode.success
 
     def updates_due(self, epoch: int) -> bool:
         return epoch >= self.budget.warmup_epochs and len(self.buffer) >= max(1, self.budget.min_replay)
 
-    def collect_and_update(self, epoch: int) -> tuple[np.ndarray, dict[str, float]]:
-        """One epoch's episode per task and its updates, in sequence (paper) or overlapped."""
-        if not self.run.sac.overlap_collection:
-            success = self.store(self.collector.run())
-            return success, (self.train_steps() if self.updates_due(epoch) else {})
-        self.collector.start()  # the episode runs while the learner updates on earlier data
+    def collect_and_update(self, epoch: int, progress: EpochProgress) -> dict[str, float]:
+        """One epoch's episode per task and its updates, in sequence (paper) or overlapped; stops
+        (with a checkpoint) after the episode or any update when a signal came."""
+        overlap = self.run.sac.overlap_collection
+        if progress.success is None:
+            if not overlap:
+                episode = self.collector.run()
+                self.store(episode.transitions)
+                progress.success = [int(s) for s in episode.success]
+                self.stop_if_asked(progress)
+            else:
+                self.collector.start()  # the episode runs while the learner updates on earlier data
+        due = self.updates_due(epoch) if progress.updates == 0 else True
         try:
-            stats = self.train_steps() if self.updates_due(epoch) else {}
+            stats = self.train_steps(progress) if due else {}
         finally:
-            episode = self.collector.join()
-        return self.store(episode), stats
+            if self.collector.busy:  # also when an update failed: the thread is not left running
+                self._join_collection(progress)
+        if overlap:
+            self.store(progress.pending)
+            progress.pending = None
+        return stats
 
-    def train_steps(self) -> dict[str, float]:
-        totals: dict[str, torch.Tensor] = {}
+    def _join_collection(self, progress: EpochProgress) -> None:
+        """The overlapped episode, held until the epoch's updates are done (they must not see it)."""
+        episode = self.collector.join()
+        progress.success = [int(s) for s in episode.success]
+        progress.pending = episode.transitions
+
+    def train_steps(self, progress: EpochProgress) -> dict[str, float]:
         n = self.budget.updates_per_epoch
-        for _ in range(n):
+        totals = progress.totals
+        while progress.updates < n:
+            if progress.updates:  # the first update's safe point is the episode's
+                self.stop_if_asked(progress)
             stats = self.agent.update(self.buffer.sample(self.budget.batch_per_task))
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0) + value
+            progress.updates += 1
             self.updates += 1
         # One host synchronisation per epoch, not per update.
         return {key: round(float(value) / n, 6) for key, value in totals.items()}
@@ -228,11 +355,12 @@ class Trainer:
         """Where and what: "update 37 (epoch 5): non-finite gradient in q1 from task 'reach'; ..."."""
         where = (f"update {self.updates + 1} (epoch {self.epoch + 1})" if err.during_update
                  else f"epoch {self.epoch + 1} (after update {self.updates})")
-        kept = [p for p in checkpoint_files(self.checkpoint_dir) if p.with_suffix(".json").exists()]
-        last = (f"the last good checkpoint {kept[-1]} is intact" if kept
-                else "no checkpoint had been written yet")
         return (f"{where}: {err.describe(self.tasks)}; training stopped before saving anything from "
-                f"this epoch: {last}")
+                f"this epoch: {self.last_checkpoint_note()}")
+
+    def last_checkpoint_note(self) -> str:
+        kept = [p for p in checkpoint_files(self.checkpoint_dir) if p.with_suffix(".json").exists()]
+        return f"the last good checkpoint {kept[-1]} is intact" if kept else "no checkpoint had been written yet"
 
     def periodic_evaluation(self, env_steps: int) -> dict:
         result = evaluate_agent(self.agent, self.eval_envs, self.tasks, self.budget.eval_episodes)
@@ -245,12 +373,13 @@ class Trainer:
         return record
 
     def train(self) -> None:
+        """The run from its newest checkpoint to `epochs`; raises Stopped after a signal."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        resumed = self.resume()
-        self.train_log.truncate_to(self.epoch)
-        self.eval_log.truncate_to(self.epoch)
-        if resumed:
+        if self.resume():
             print(f"resuming from epoch {self.epoch} ({self.updates} updates done)", file=sys.stderr)
+        else:  # a fresh run: no log lines of an earlier one survive
+            self.train_log.restore([])
+            self.eval_log.restore([])
         steps = self.run.env.max_episode_steps
         budget = self.budget
         last_success = float("nan")
@@ -259,8 +388,11 @@ class Trainer:
                    unit="epoch", file=sys.stderr)
         for epoch in bar:
             self.epoch = epoch
-            start = time.perf_counter()
-            train_success, stats = self.collect_and_update(epoch)
+            progress, self.partial = self.partial or EpochProgress(), None
+            if progress.skipped is not None:
+                self.agent._skipped.copy_(progress.skipped)
+            start = self._epoch_start = time.perf_counter() - progress.elapsed
+            stats = self.collect_and_update(epoch, progress)
             if stats:
                 self.check_finite(stats)
             env_steps = (epoch + 1) * steps
@@ -275,12 +407,17 @@ class Trainer:
                 **stats,
                 "alpha": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.log_alpha.exp().tolist())},
                 "temperature": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.temperature.tolist())},
-                "train_success": {t: int(s) for t, s in zip(self.tasks, train_success)},
+                "train_success": dict(zip(self.tasks, progress.success)),
             })
-            bar.set_postfix(sps=f"{steps * len(self.tasks) / elapsed:.0f}", success=f"{last_success:.2f}",
-                            loss_q=stats.get("loss_q", float("nan")))
-            if self.epoch % budget.checkpoint_every == 0 or self.epoch == budget.epochs:
-                save_checkpoint(self.checkpoint_dir, self.epoch, self.state())
+            postfix = {"sps": f"{steps * len(self.tasks) / elapsed:.0f}", "success": f"{last_success:.2f}"}
+            if "loss_q" in stats:  # none before the first update
+                postfix["loss_q"] = stats["loss_q"]
+            bar.set_postfix(postfix)
+            stopping = self.stop is not None and self.stop.signal is not None and self.epoch < budget.epochs
+            if self.epoch % budget.checkpoint_every == 0 or self.epoch == budget.epochs or stopping:
+                path = self.save()
+            if stopping:  # (a signal in the last epoch lets the run finish instead)
+                raise Stopped(self.stop.signal, self.epoch, EpochProgress(), path)
         self.finish()
 
     def finish(self) -> None:
@@ -292,6 +429,7 @@ class Trainer:
             "env_steps_per_task": self.epoch * self.run.env.max_episode_steps,
             "updates": self.updates,
             "wall_time": round(self.wall_time, 3),
+            "code": code_version(),
         })
         self.envs.close()
         self.eval_envs.close()
@@ -307,10 +445,17 @@ def run(args) -> int:
     run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(run_cfg, args.out, progress=not args.no_progress)
-    try:
-        trainer.train()
-    except NonFiniteError as err:
-        print(f"error: {trainer.nonfinite_message(err)}", file=sys.stderr)
-        return 3
+    with GracefulStop() as stop:
+        trainer = Trainer(run_cfg, args.out, progress=not args.no_progress, stop=stop)
+        try:
+            trainer.train()
+        except NonFiniteError as err:
+            print(f"error: {trainer.nonfinite_message(err)}", file=sys.stderr)
+            return EXIT_NONFINITE
+        except Stopped as stopped:
+            print(stopped.describe(), file=sys.stderr)
+            return EXIT_STOPPED
+        except WriteError as err:
+            print(f"error: {err}; {trainer.last_checkpoint_note()}", file=sys.stderr)
+            return 1
     return 0
