@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install smoke test clean
+.PHONY: install render-deps smoke test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,12 +13,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# MuJoCo's software renderer for the rollout videos (render job), when it is missing:
+# Debian's libosmesa6, with apt-get when running as root; otherwise a note (the render job then
+# stops with one line saying what to install, or to set render.enabled: false in params.yaml).
+render-deps:
+	@ldconfig -p 2>/dev/null | grep -q libOSMesa || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libosmesa6 || \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libosmesa6; }; }; } || \
+	echo "note: no OSMesa library found; install libosmesa6 for the videos (or set render.enabled: false)"
+
 # The quick experiment: MT10 at a tiny budget, D2R and MT-SAC, 2 seeds.
-smoke: install
+smoke: install render-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores all reports/smoke.html
 
 test: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
 
 clean:
-	rm -rf .snakemake results reports/*.html metrics logs benchmarks/runs
+	rm -rf .snakemake results reports/*.html reports/*.timing.json reports/curves/*.csv metrics/*.json logs benchmarks/runs

@@ -1,4 +1,4 @@
-# D2R experiment pipeline: params.yaml -> setup -> train -> evaluate -> analyse -> report.
+# D2R experiment pipeline: params.yaml -> setup -> train -> evaluate -> analyse (and render) -> report.
 # Thin entry point; the rules live in workflow/rules/*.smk and every job is `python -m d2r <job>`.
 #
 #   snakemake --cores all reports/smoke.html      # one experiment (the profile profiles/default is used)
@@ -7,7 +7,7 @@
 # Parameters come from params.yaml only (the jobs read it too); see README "Pipeline".
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -16,12 +16,18 @@ sys.path.insert(0, str(workflow.basedir))
 
 PARAMS_FILE = "params.yaml"
 
+# The parameters, checked before anything else (YAML syntax, duplicate keys, the JSON schema,
+# names and ranges) by d2r.config, as every job checks them: a mistake gives the jobs' one line.
+from d2r.config import ParamsError, load_params
+
+try:
+    PARAMS = load_params(PARAMS_FILE)
+except ParamsError as _err:
+    sys.stderr.write(f"error: {_err}\n")
+    sys.exit(2)
+
 
 configfile: PARAMS_FILE
-
-
-# 1. structure: the JSON schema (one schema, also used by d2r.config); 2. meaning: d2r.config.
-validate(config, "workflow/schemas/params.schema.yaml", set_default=False)
 
 
 include: "workflow/rules/common.smk"
@@ -29,6 +35,7 @@ include: "workflow/rules/setup.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analyse.smk"
+include: "workflow/rules/render.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -53,3 +60,8 @@ rule all:
     input:
         expand("reports/{experiment}.html", experiment=EXPERIMENTS),
         expand("metrics/{experiment}.json", experiment=EXPERIMENTS),
+
+
+# Last, once every rule is defined: remove what was built from missing files, so that the target
+# command rebuilds them (workflow/rules/stale.smk).
+include: "workflow/rules/stale.smk"

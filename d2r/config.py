@@ -336,17 +336,86 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     )
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                continue  # (a non-string key is refused later, naming its path)
+            if key in seen:
+                raise ParamsError(f"line {line}: duplicate key {key!r} (first given at line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """One line: where (line, column) and what, from PyYAML's several."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML: {where}{problem}" + (f" ({context})" if context else "")
+
+
+def read_params_file(path: str | Path) -> Any:
+    """params.yaml as plain data: YAML errors and duplicate keys raise ParamsError naming the line."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+        raise ParamsError(f"{path}: {_yaml_error(err)}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(read_params_file(path), str(path))
 
 
 def fingerprint(data: Any) -> str:
     """Stable text of JSON data, for comparing configurations."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollout videos (params.yaml `render:`, overridable per experiment; the render job and the report)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Videos of greedy episodes of the final policy: one per task, for each method's first seed.
+
+    Read by the render job (d2r/render.py), the report and the Snakemake rules; never by training
+    or evaluation, so no setting here changes a result."""
+
+    enabled: bool        # false: no render jobs; the report says videos are off
+    width: int           # pixels, a multiple of 16 (H.264 macroblocks)
+    height: int
+    frame_stride: int    # keep every n-th environment step as a frame
+    fps: int             # playback frames per second
+    camera: str          # a Meta-World camera: corner, corner2, ..., topview, behindGripper, gripperPOV
+    shadows: bool        # shadows and reflections (about 4x slower with software rendering)
+
+
+#: without a `render:` section: no videos
+DEFAULT_RENDER = RenderConfig(enabled=False, width=240, height=240, frame_stride=2, fps=25, camera="corner2",
+                              shadows=False)
+
+
+def render_config(raw: dict[str, Any], experiment: str, source: str = "params.yaml") -> RenderConfig:
+    """The video settings of `experiment`: `render:` with `experiments.<experiment>.render:` over it.
+
+    `raw` is params.yaml as read (checked against the schema by parse_params)."""
+    experiments = raw.get("experiments") or {}
+    if experiment not in experiments:
+        raise ParamsError(f"{source}: unknown experiment {experiment!r}; params.yaml defines: "
+                          f"{', '.join(experiments)}")
+    settings = {**dataclasses.asdict(DEFAULT_RENDER), **(raw.get("render") or {}),
+                **(experiments[experiment].get("render") or {})}
+    return RenderConfig(**settings)

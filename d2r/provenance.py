@@ -9,9 +9,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _git(*args: str) -> str | None:
+def _git(repo: Path, *args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -21,12 +21,12 @@ def _git(*args: str) -> str | None:
 NOT_CODE = (":!metrics", ":!dvc.lock", ":!reports")
 
 
-def code_version() -> dict[str, Any]:
+def code_version(repo: Path = REPO) -> dict[str, Any]:
     """{"commit": sha or None, "dirty": True when tracked or untracked (not ignored) files other
     than the pipeline's own results differ from the commit}; both None outside a git checkout
     (e.g. an installed package or an unpacked bundle)."""
-    commit = _git("rev-parse", "HEAD")
+    commit = _git(repo, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--", ".", *NOT_CODE)
+    status = _git(repo, "status", "--porcelain", "--", ".", *NOT_CODE)
     return {"commit": commit, "dirty": None if status is None else bool(status)}

@@ -8,8 +8,10 @@ Reads files only, never training code (no torch, no agent, no envs):
     results/{exp}/{method}/seed{s}/eval_log.jsonl   periodic evaluations during training
     results/{exp}/{method}/seed{s}/eval.json    final evaluation (greedy routes)
     results/{exp}/{method}/seed{s}/routes.json  routing analysis (analyse job)
+    results/{exp}/{method}/seed{s}/videos/      rollout videos of the first seed (render job; --videos)
 
-Writes ``reports/{exp}.html`` and ``metrics/{exp}.json``. Both depend on these files only, so a
+Writes ``reports/{exp}.html``, ``metrics/{exp}.json`` and, with --curves, the learning curves as
+a small CSV for `dvc plots` (``reports/curves/{exp}.csv``). Both depend on these files only, so a
 rebuild from the same results gives the same bytes: no timestamps, no random ids (every figure
 has a fixed div id), keys sorted, plotly.js inlined once in <head> so the page opens offline.
 
@@ -25,7 +27,18 @@ Definitions used in the report (also printed in it):
 metrics/{exp}.json (results only, so two runs with the same seed give the same bytes)::
 
     {"methods": {method: {"success_mean", "success_std", "per_task": {task: mean over seeds},
-                          "seeds", and for routed methods "depth_mean", "modules_used_mean"}}}
+                          "seeds", and for routed methods "depth_mean", "modules_used_mean",
+                          "iqm", "iqm_low", "iqm_high", "success_mean_low", "success_mean_high"}},
+     "statistics": {"bootstrap": {...}, "probability_of_improvement": {"X vs Y": {"variant",
+                    "baseline", "p", "low", "high"}}, "performance_profile": {"tau": [...],
+                    "methods": {method: {"fraction", "low", "high"}}}, "sample_efficiency":
+                    {method: {"env_steps", "iqm", "low", "high"}}, "warnings": [...]}}
+
+(d2r/stats.py: rliable's IQM, mean, probability of improvement and performance profiles with
+95% stratified bootstrap intervals over runs x tasks, seeded, so the same bytes every time.)
+
+reports/curves/{exp}.csv (--curves): ``method,task,env_steps,success`` with the mean over seeds of
+each periodic evaluation, per task and ("(mean over tasks)") for the task set, for `dvc plots`.
 
 reports/{exp}.timing.json (wall times differ from run to run, so they are kept apart)::
 
@@ -58,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where to write the HTML report")
     parser.add_argument("--metrics", required=True, help="where to write the metrics JSON")
     parser.add_argument("--timing", help="where to write the wall times JSON (optional)")
+    parser.add_argument("--videos", nargs="*", default=None,
+                        help="the render job's video directories to embed (results/E/M/seedS/videos)")
+    parser.add_argument("--curves", help="where to write the learning curves CSV for `dvc plots` (optional)")
 
 
 class ReportError(ValueError):
@@ -65,15 +81,22 @@ class ReportError(ValueError):
 
 
 def run(args: argparse.Namespace) -> int:
+    from d2r.report_videos import load_videos
+    from d2r.stats import StatsError
+
     try:
         data = load(args.params, args.experiment, args.results)
-    except (ReportError, FileNotFoundError) as err:
+        if args.videos:
+            data.videos = load_videos(args.videos, data.methods, data.tasks)
+        metrics, timing = compute_metrics(data), compute_timing(data)
+    except (ReportError, StatsError, FileNotFoundError) as err:
         print(f"error: report {args.experiment}: {err}", file=sys.stderr)
         return 1
-    metrics, timing = compute_metrics(data), compute_timing(data)
     atomic_write_json(args.metrics, metrics)
     if args.timing:
         atomic_write_json(args.timing, timing)
+    if args.curves:
+        atomic_write_text(args.curves, curves_csv(data))
     atomic_write_text(args.out, render(data, metrics, timing))
     print(f"report: {args.experiment}: {len(data.methods)} methods x {len(data.seeds)} seeds -> "
           f"{args.out}, {args.metrics}", file=sys.stderr)
@@ -88,7 +111,7 @@ class Data:
     """Everything the report shows, read from the results tree."""
 
     def __init__(self, experiment: str, exp_raw: dict, methods_raw: dict, environment: dict,
-                 runs: dict[str, dict[int, dict[str, Any]]], tasks: list[str]):
+                 runs: dict[str, dict[int, dict[str, Any]]], tasks: list[str], render=None):
         self.experiment = experiment
         self.exp_raw = exp_raw
         self.methods = list(exp_raw["methods"])
@@ -97,6 +120,8 @@ class Data:
         self.environment = environment
         self.runs = runs            # runs[method][seed] = {"run", "eval_log", "eval", "routes"}
         self.tasks = tasks
+        self.render = render        # d2r.config.RenderConfig of the experiment
+        self.videos: dict[str, dict[str, Any]] | None = None   # method -> index.json (report_videos)
 
     def routed(self, method: str) -> bool:
         return all(self.runs[method][s]["routes"].get("routed", False) for s in self.seeds)
@@ -148,8 +173,14 @@ def load(params_path: str | Path, experiment: str, results: str | Path) -> Data:
             for i, rec in enumerate(r["eval_log"]):
                 _check_rate(rec["mean_success"], f"{log_path} record {i}: mean_success")
             runs[method][int(seed)] = r
+    from d2r.config import ParamsError, render_config
+
+    try:
+        render = render_config(raw, experiment, str(params_path))
+    except (ParamsError, TypeError) as err:
+        raise ReportError(f"{params_path}: render settings: {err}") from None
     return Data(experiment, exp_raw, {m: raw["methods"].get(m, {}) for m in exp_raw["methods"]},
-                environment, runs, tasks)
+                environment, runs, tasks, render)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +246,30 @@ def compute_metrics(data: Data) -> dict[str, Any]:
             entry["modules_used_mean"] = _r6(mean(data.runs[m][s]["routes"]["mean"]["modules_used"]
                                                   for s in data.seeds))
         methods[m] = entry
-    return {"methods": methods}
+    from d2r.report_stats import statistics
+
+    st = statistics(data)
+    for m, agg in st.pop("aggregates").items():   # the point estimate of the mean is success_mean
+        methods[m].update(iqm=agg["iqm"], iqm_low=agg["iqm_low"], iqm_high=agg["iqm_high"],
+                          success_mean_low=agg["mean_low"], success_mean_high=agg["mean_high"])
+    return {"methods": methods, "statistics": st}
+
+
+CURVES_HEADER = "method,task,env_steps,success\n"
+MEAN_TASK = "(mean over tasks)"   # sorts before the task names in `dvc plots` panels
+
+
+def curves_csv(data: Data) -> str:
+    """Learning curves for `dvc plots`: mean over seeds per method, task and periodic evaluation."""
+    lines = [CURVES_HEADER]
+    for m in data.methods:
+        logs = [data.runs[m][s]["eval_log"] for s in data.seeds]
+        for task, key in [(MEAN_TASK, None)] + [(t, t) for t in data.tasks]:
+            per_seed = [[(r["env_steps"], r["mean_success"] if key is None else r["success"][key]) for r in log]
+                        for log in logs]
+            xs, ys, _, _ = curve(per_seed)
+            lines += [f"{m},{task},{x},{_r6(y)}\n" for x, y in zip(xs, ys)]
+    return "".join(lines)
 
 
 def compute_timing(data: Data) -> dict[str, Any]:
@@ -456,51 +510,86 @@ def fig_module_use(data: Data, m: str, figs: Figures) -> str:
     return figs.html(fig, f"fig-module-use-{_slug(m)}", max(300, 140 + 24 * len(data.tasks)))
 
 
+def spread_ties(xs: list[float], step: float = 0.015, max_width: float = 0.15) -> list[float]:
+    """x positions with tied values moved apart by `step` (less when n ties would span more than
+    `max_width`: MT50 may have dozens at difficulty 1), centred on the value, in input order."""
+    groups: dict[float, list[int]] = {}
+    for i, x in enumerate(xs):
+        groups.setdefault(round(x, 9), []).append(i)
+    out = list(xs)
+    for members in groups.values():
+        gap = min(step, max_width / max(len(members) - 1, 1))
+        for k, i in enumerate(members):
+            out[i] = xs[i] + (k - (len(members) - 1) / 2) * gap
+    return out
+
+
+def isolated(points: list[tuple[float, float]], dx: float, dy: float) -> list[bool]:
+    """Whether each point has no other point within dx horizontally and dy vertically."""
+    return [not any(j != i and abs(x - u) < dx and abs(y - v) < dy for j, (u, v) in enumerate(points))
+            for i, (x, y) in enumerate(points)]
+
+
 def fig_depth_vs_difficulty(data: Data, figs: Figures) -> tuple[str, dict[str, float | None]]:
     import plotly.graph_objects as go
 
     diff = difficulty(data)
+    xs = spread_ties([diff[t] for t in data.tasks])
+    depth = {m: [mean(data.runs[m][s]["routes"]["per_task"][t]["depth_mean"] for s in data.seeds) for t in data.tasks]
+             for m in data.routed_methods}
+    points = [(x, y) for m in data.routed_methods for x, y in zip(xs, depth[m])]
+    y_range = (max(y for _, y in points) - min(y for _, y in points)) or 1.0
+    labelled = iter(isolated(points, 0.07, 0.08 * y_range))
     fig = go.Figure()
     correlations: dict[str, float | None] = {}
     for m in data.routed_methods:
-        xs = [diff[t] for t in data.tasks]
-        ys = [mean(data.runs[m][s]["routes"]["per_task"][t]["depth_mean"] for s in data.seeds) for t in data.tasks]
-        r = pearson(xs, ys)
+        ys = depth[m]
+        r = pearson([diff[t] for t in data.tasks], ys)
         correlations[m] = r
         label = f"{m} (Pearson r = {r:.2f})" if r is not None else f"{m} (r: n/a)"
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text" if len(data.tasks) <= 12 else "markers",
-                                 text=data.tasks, textposition="top center", textfont={"size": 10},
-                                 name=label, marker={"color": _color(data, m), "size": 10},
-                                 hovertemplate=f"{m}<br>%{{text}}<br>difficulty %{{x:.2f}}<br>depth %{{y:.2f}}"
-                                               "<extra></extra>"))
+        text = [t if next(labelled) else "" for t in data.tasks]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=text, textposition="top center",
+                                 textfont={"size": 10}, name=label, marker={"color": _color(data, m), "size": 10},
+                                 customdata=[[t, diff[t]] for t in data.tasks],
+                                 hovertemplate=f"{m}<br>%{{customdata[0]}}<br>difficulty %{{customdata[1]:.2f}}"
+                                               "<br>depth %{y:.2f}<extra></extra>"))
     fig.update_layout(title="Route depth against task difficulty (difficulty = 1 - final success, "
                             "mean over all methods and seeds)",
-                      xaxis={"title": "task difficulty", "range": [-0.05, 1.05]}, yaxis={"title": "mean route depth"},
+                      xaxis={"title": "task difficulty", "range": [-0.1, 1.1]}, yaxis={"title": "mean route depth"},
                       showlegend=True, legend={"orientation": "h", "y": -0.2})
-    return figs.html(fig, "fig-depth-difficulty", 480), correlations
+    rows = [[esc(t), f"{diff[t]:.2f}"] + [f"{depth[m][i]:.2f}" for m in data.routed_methods]
+            for i, t in enumerate(data.tasks)]
+    note = ('<p class="note">Tasks with the same difficulty are drawn side by side (0.015 apart, all of them within 0.15); '
+            'a name is written next to a point only where it does not crowd another: hover for every task, '
+            'and the table gives the values.</p>')
+    return (figs.html(fig, "fig-depth-difficulty", 480) + note
+            + table(["task", "difficulty"] + [f"depth {esc(m)}" for m in data.routed_methods], rows)), correlations
 
 
 def fig_depth_evolution(data: Data, m: str, figs: Figures) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["route depth", "modules used"], horizontal_spacing=0.08)
-    for col, key in ((1, "depth"), (2, "modules_used")):
-        for i, t in enumerate(data.tasks):
+    rows, cols = _grid(len(data.tasks))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=data.tasks, shared_yaxes=True,
+                        horizontal_spacing=0.03, vertical_spacing=0.5 / max(rows, 1) if rows > 1 else 0.1)
+    n = data.runs[m][data.seeds[0]]["routes"]["num_modules"]
+    for i, t in enumerate(data.tasks):
+        for key, label, color in (("depth", "route depth", "#1f77b4"), ("modules_used", "modules used", "#ff7f0e")):
             per_seed = []
             for s in data.seeds:
                 ev = data.runs[m][s]["routes"]["evolution"]
                 per_seed.append(list(zip(ev["env_steps"], ev[key][t])))
             xs, ys, _, _ = curve(per_seed)
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=t, legendgroup=t, showlegend=(col == 1),
-                                     line={"color": COLORS[i % len(COLORS)],
-                                           "dash": ["solid", "dash", "dot", "dashdot", "longdash"][(i // 10) % 5]},
-                                     hovertemplate=f"{t}<br>env steps %{{x:,}}<br>{key.replace('_', ' ')} "
-                                                   "%{y:.2f}<extra></extra>"),
-                          row=1, col=col)
-    fig.update_xaxes(title_text="environment steps per task")
-    fig.update_layout(title=f"{m}: route depth and modules used during training (mean over seeds)")
-    return figs.html(fig, f"fig-depth-time-{_slug(m)}", 460)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, legendgroup=key,
+                                     showlegend=(i == 0), line={"color": color, "width": 2}, marker={"size": 4},
+                                     hovertemplate=f"{t}<br>env steps %{{x:,}}<br>{label} %{{y:.2f}}<extra></extra>"),
+                          row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(range=[0, n + 0.5])
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=f"{m}: route depth and modules used per task during training (mean over seeds, "
+                            f"N = {n} modules)")
+    return figs.html(fig, f"fig-depth-time-{_slug(m)}", 120 + 230 * rows)
 
 
 def fig_ablation(data: Data, figs: Figures) -> str:
@@ -543,6 +632,13 @@ pre { background: #f8f8f8; padding: 10px; font-size: 12px; overflow-x: auto; }
 #js-errors { color: #a00; background: #fee; border: 1px solid #a00; white-space: pre-wrap; }
 .kv td:first-child { text-align: left; color: #555; }
 .kv td { text-align: left; }
+.warn { background: #fff4e0; border: 1px solid #e0a030; border-left: 6px solid #e08a00; padding: 8px 14px;
+        margin: 12px 0; max-width: 980px; font-size: 14px; }
+.warn ul { margin: 4px 0 0; padding-left: 20px; }
+.ci { color: #666; font-size: 12px; }
+.videos { display: flex; flex-wrap: wrap; gap: 10px; }
+figure.video { margin: 0; font-size: 12px; color: #444; }
+figure.video video { display: block; background: #000; }
 """
 
 # Collects script errors into <pre id="js-errors"> (hidden while empty) and checks, once the page
@@ -623,6 +719,19 @@ def _first_config(data: Data) -> dict[str, Any]:
     return data.runs[data.methods[0]][data.seeds[0]]["run"].get("config", {})
 
 
+def _code(version: dict | None) -> str:
+    """A code version of provenance.code_version: "commit 1a2b3c4d5e6f (uncommitted changes)"."""
+    if not version or not version.get("commit"):
+        return "not recorded (not a git checkout)"
+    return f"commit {version['commit'][:12]}" + (" (uncommitted changes)" if version.get("dirty") else "")
+
+
+def code_versions(data: Data) -> str:
+    """The code that trained the runs (run.json), and the one setup ran with (environment.json)."""
+    trained = sorted({_code(data.runs[m][s]["run"].get("code")) for m in data.methods for s in data.seeds})
+    return f"training: {'; '.join(trained)}; setup: {_code(data.environment.get('code'))}"
+
+
 def section_header(data: Data) -> str:
     env = data.environment
     cfg = _first_config(data)
@@ -642,11 +751,12 @@ def section_header(data: Data) -> str:
                    + (f", {env['device']['gpu_name']}" if env['device'].get('gpu_name') else "")),
         ("software", f"python {v.get('python')}, torch {v.get('torch')}, mujoco {v.get('mujoco')}, "
                      f"metaworld {v.get('metaworld')}, gymnasium {v.get('gymnasium')}"),
+        ("code", code_versions(data)),
     ]
     return kv_table(items)
 
 
-def section_summary(data: Data, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
+def section_summary(data: Data, metrics: dict[str, Any], timing: dict[str, Any], figs: Figures) -> str:
     best = max(data.methods, key=lambda m: (metrics["methods"][m]["success_mean"], -data.methods.index(m)))
     rows, classes = [], []
     for m in data.methods:
@@ -661,12 +771,15 @@ def section_summary(data: Data, metrics: dict[str, Any], timing: dict[str, Any])
         ])
         classes.append("best" if m == best else "")
     spread = "mean &plusmn; std over seeds (population std)" if len(data.seeds) > 1 else "one seed"
+    from d2r import report_stats
+
     return (table(["method", "final success", "per seed", "route depth", "policy params", "Q params",
                    "wall time (all seeds)"], rows, row_classes=classes)
             + f'<p class="note">Final success = mean over tasks of the success rate in the final evaluation '
               f'({data.exp_raw["final_eval_episodes"]} episodes per task, greedy routes, deterministic actions); '
               f'{spread}. Bold: the best mean. Parameter counts are one network each (policy, one Q); '
-              f'wall time = training plus final evaluation, summed over seeds.</p>')
+              f'wall time = training plus final evaluation, summed over seeds.</p>'
+            + report_stats.section(data, metrics, figs))
 
 
 def section_per_task(data: Data) -> str:
@@ -711,6 +824,17 @@ def section_runs(data: Data) -> str:
                   "train time", "eval time", "final success"], rows, left=2)
 
 
+#: switches that only act on the router: shown for D2R variants only (MethodConfig has them all)
+ROUTING_SWITCHES = ("resrouting", "policy_route", "route_balance", "temperature")
+
+
+def applicable_settings(method: dict[str, Any]) -> dict[str, Any]:
+    """A method's settings without the routing switches when its network has no router (net != d2r)."""
+    if method.get("net") == "d2r":
+        return dict(method)
+    return {k: v for k, v in method.items() if k not in ROUTING_SWITCHES}
+
+
 def section_parameters(data: Data) -> str:
     cfg = _first_config(data)
     env = data.environment
@@ -723,7 +847,10 @@ def section_parameters(data: Data) -> str:
              "env": cfg.get("env"), "sac": cfg.get("sac"), "device": cfg.get("device")}
     parts.append(f"<pre>{esc(yaml.safe_dump(shown, sort_keys=True))}</pre>")
     parts.append("<h3>Methods</h3>")
-    methods = {m: data.runs[m][data.seeds[0]]["run"].get("config", {}).get("method", data.methods_raw[m])
+    parts.append('<p class="note">As the runs saw them; the routing switches (resrouting, policy_route, '
+                 'route_balance, temperature) are shown only for methods with a router (net d2r).</p>')
+    methods = {m: applicable_settings(data.runs[m][data.seeds[0]]["run"].get("config", {})
+                                      .get("method", data.methods_raw[m]))
                for m in data.methods}
     parts.append(f"<pre>{esc(yaml.safe_dump(methods, sort_keys=True))}</pre>")
     parts.append("<h3>Software and machine (setup job)</h3>")
@@ -740,7 +867,7 @@ def render(data: Data, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
 
     figs = Figures()
     sections: list[tuple[str, str, str]] = []   # (anchor, title, html)
-    sections.append(("summary", "Summary", section_summary(data, metrics, timing)))
+    sections.append(("summary", "Summary", section_summary(data, metrics, timing, figs)))
     sections.append(("curves", "Learning curves",
                      fig_learning_curves(data, figs) + fig_task_curves(data, figs)
                      + '<p class="note">Periodic evaluations during training (greedy routes, deterministic '
@@ -787,6 +914,11 @@ def render(data: Data, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
                            'policy_route = route used in the policy update (replayed behaviour route or the '
                            'current greedy path); route_balance = per-task routing temperature from alpha; '
                            'fixed_depth = chain through every module.</p>'))
+    from d2r import report_videos
+
+    sections.append(("videos", "Rollout videos",
+                     report_videos.section(data.videos, data.render is not None and data.render.enabled,
+                                           data.methods, data.tasks)))
     sections.append(("sizes", "Network sizes", section_params_counts(data)))
     sections.append(("runs", "Runs", section_runs(data)))
     sections.append(("parameters", "Parameters and versions", section_parameters(data)))
@@ -805,5 +937,6 @@ def render(data: Data, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         f"<h1>{esc(title)}</h1>\n{section_header(data)}\n<nav>{nav}</nav>\n{body}\n"
         f"<p class=\"note\">Generated by <code>python -m d2r report</code> from results/{esc(data.experiment)} "
         f"({len(figs.ids)} figures). Rebuilding from the same results gives the same file.</p>\n"
+        f"<script>{report_videos.SCRIPT}</script>\n"
         "</body>\n</html>\n"
     )

@@ -9,9 +9,11 @@ Writes ``results/{experiment}/environment.json``::
      "device": {"requested": "auto", "resolved": "cpu", "cuda_available": false,
                 "torch_cuda": null, "gpu_name": null},
      "task_set": {"benchmark", "goal_mode", "tasks", "num_tasks", "obs_shape", "single_obs_dim",
-                  "action_shape", "max_episode_steps", "reward_version", "vector_strategy"}}
+                  "action_shape", "max_episode_steps", "reward_version", "vector_strategy"},
+     "code": {"commit": git commit of the checkout or null, "dirty": uncommitted changes or null}}
 
-No timestamps or host names: on one machine the file is the same byte for byte every time.
+No timestamps or host names: on one machine and one commit the file is the same byte for byte
+every time. (Each run's run.json records the commit that trained it too.)
 Building the task set here makes a broken Meta-World install fail in seconds, before any
 training job starts. A device of ``cuda`` on a machine without CUDA is an error here too.
 """
@@ -27,6 +29,7 @@ from typing import Any
 
 from d2r.config import ParamsError, load_params
 from d2r.io import atomic_write_json
+from d2r.provenance import code_version
 
 #: distributions whose versions are recorded (the import name may differ; metadata is read).
 VERSIONED = ("torch", "mujoco", "metaworld", "gymnasium", "numpy", "snakemake", "dvc", "plotly", "d2r")
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         "platform": platform_info(),
         "device": resolve_device(params.device),
         "task_set": task_set(params, args.experiment),
+        "code": code_version(),
     }
     atomic_write_json(args.out, record)
     print(f"setup: {args.experiment}: {record['task_set']['num_tasks']} tasks, obs {record['task_set']['obs_shape']}, "

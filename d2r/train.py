@@ -38,6 +38,7 @@ from d2r.collect import Collector
 from d2r.config import RunConfig, load_params
 from d2r.evaluate import evaluate_agent
 from d2r.io import WriteError, append_text, atomic_write_bytes, atomic_write_json, dump_json
+from d2r.live import LiveView
 from d2r.nets import parameter_count
 from d2r.provenance import code_version
 from d2r.replay import TaskReplayBuffer
@@ -212,6 +213,7 @@ class Trainer:
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.train_log = JsonlLog(self.out_dir / "train_log.jsonl")
         self.eval_log = JsonlLog(self.out_dir / "eval_log.jsonl")
+        self.live = LiveView(self.out_dir / "tensorboard")  # `tensorboard --logdir results/E`
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state(self, progress: EpochProgress | None = None) -> dict:
@@ -370,6 +372,7 @@ class Trainer:
             record["depth"] = {t: r["depth_mean"] for t, r in result["routes"].items()}
             record["modules_used"] = {t: r["modules_used_mean"] for t, r in result["routes"].items()}
         self.eval_log.append(record)
+        self.live.evaluation(record)
         return record
 
     def train(self) -> None:
@@ -380,6 +383,7 @@ class Trainer:
         else:  # a fresh run: no log lines of an earlier one survive
             self.train_log.restore([])
             self.eval_log.restore([])
+        self.live.restart(self.train_log.records, self.eval_log.records)
         steps = self.run.env.max_episode_steps
         budget = self.budget
         last_success = float("nan")
@@ -409,6 +413,7 @@ class Trainer:
                 "temperature": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.temperature.tolist())},
                 "train_success": dict(zip(self.tasks, progress.success)),
             })
+            self.live.epoch(self.train_log.records[-1])
             postfix = {"sps": f"{steps * len(self.tasks) / elapsed:.0f}", "success": f"{last_success:.2f}"}
             if "loss_q" in stats:  # none before the first update
                 postfix["loss_q"] = stats["loss_q"]
@@ -431,6 +436,10 @@ class Trainer:
             "wall_time": round(self.wall_time, 3),
             "code": code_version(),
         })
+        self.close()
+
+    def close(self) -> None:
+        self.live.close()
         self.envs.close()
         self.eval_envs.close()
 
@@ -458,4 +467,6 @@ def run(args) -> int:
         except WriteError as err:
             print(f"error: {err}; {trainer.last_checkpoint_note()}", file=sys.stderr)
             return 1
+        finally:
+            trainer.live.close()
     return 0

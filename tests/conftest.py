@@ -39,6 +39,7 @@ EXPECTED = {
 }
 TRAIN_WALL, EVAL_WALL = 100.0, 10.0
 EPOCHS, EVAL_EVERY, STEPS = 6, 2, 200
+VIDEO_SIZE, VIDEO_FRAMES = 64, 12
 
 
 def _edge_frequency(task_index: int, seed: int) -> list[list[float]]:
@@ -76,6 +77,7 @@ def write_synthetic_results(root: Path, params_src: Path | None = None) -> tuple
     results = root / "results" / SYNTH_EXPERIMENT
     atomic_write_json(results / "environment.json", {
         "experiment": SYNTH_EXPERIMENT,
+        "code": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},
         "versions": {"python": "3.11.7", "torch": "2.13.0+cpu", "mujoco": "3.3.0", "metaworld": "3.1.1",
                      "gymnasium": "1.4.0", "numpy": "2.4.6", "snakemake": "9.27.1", "dvc": "3.67.1",
                      "plotly": "7.1.0", "d2r": "0.1.0"},
@@ -107,6 +109,7 @@ def write_synthetic_results(root: Path, params_src: Path | None = None) -> tuple
             atomic_write_json(d / "run.json", {
                 "config": config, "param_counts": {"policy": 12345 if routed else 23456, "q": 12000 if routed else 23000},
                 "epochs": EPOCHS, "env_steps_per_task": EPOCHS * STEPS, "updates": 40, "wall_time": TRAIN_WALL,
+                "code": {"commit": "fedcba9876543210fedcba9876543210fedcba98", "dirty": routed},
             })
             (d / "model.pt").write_bytes(b"not a real model")
             train_lines, eval_lines = [], []
@@ -146,6 +149,40 @@ def write_synthetic_results(root: Path, params_src: Path | None = None) -> tuple
     return params, results
 
 
+def write_synthetic_videos(results: Path, seed: int = SYNTH_SEEDS[0]) -> list[Path]:
+    """The render job's output (d2r/render.py) for each method's first seed, with drawn frames: a
+    square crossing a coloured background (no MuJoCo needed). Returns the video directories."""
+    import numpy as np
+
+    from d2r.render import _writer
+    from d2r.config import RenderConfig
+
+    cfg = RenderConfig(enabled=True, width=VIDEO_SIZE, height=VIDEO_SIZE, frame_stride=10, fps=8,
+                       camera="corner2", shadows=False)
+    dirs = []
+    for m, method in enumerate(SYNTH_METHODS):
+        d = results / method / f"seed{seed}" / "videos"
+        d.mkdir(parents=True, exist_ok=True)
+        videos = {}
+        for i, task in enumerate(SYNTH_TASKS):
+            writer = _writer(d / f"{task}.mp4", cfg)
+            for k in range(VIDEO_FRAMES):
+                frame = np.zeros((VIDEO_SIZE, VIDEO_SIZE, 3), dtype=np.uint8)
+                frame[..., 0], frame[..., 2] = 60 * m, 80 * i
+                frame[20:36, 4 * k:4 * k + 16, 1] = 255
+                writer.send(frame.tobytes())
+            writer.close()
+            success = FINAL_SUCCESS[(method, seed)][i] > 0.5
+            videos[task] = {"file": f"{task}.mp4", "frames": VIDEO_FRAMES, "steps": 10 * VIDEO_FRAMES,
+                            "success": success, "return": 10.0 * (i + 1)}
+        atomic_write_json(d / "index.json", {
+            "experiment": SYNTH_EXPERIMENT, "method": method, "seed": seed, "stream": 3, "backend": "synthetic",
+            "camera": cfg.camera, "width": cfg.width, "height": cfg.height, "frame_stride": cfg.frame_stride,
+            "fps": cfg.fps, "tasks": list(SYNTH_TASKS), "videos": videos})
+        dirs.append(d)
+    return dirs
+
+
 def run_d2r(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m d2r ...` with this checkout's d2r first on the path."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -165,12 +202,54 @@ def synthetic_report(tmp_path_factory) -> dict[str, Path]:
         for seed in SYNTH_SEEDS:
             d = results / method / f"seed{seed}"
             run_d2r("analyse", "--run-dir", str(d), "--out", str(d / "routes.json"))
+    videos = write_synthetic_videos(results)
     report, metrics = root / "reports" / f"{SYNTH_EXPERIMENT}.html", root / "metrics" / f"{SYNTH_EXPERIMENT}.json"
     timing = root / "reports" / f"{SYNTH_EXPERIMENT}.timing.json"
+    curves = root / "reports" / "curves" / f"{SYNTH_EXPERIMENT}.csv"
     run_d2r("report", "--params", str(params), "--experiment", SYNTH_EXPERIMENT, "--results", str(results),
-            "--out", str(report), "--metrics", str(metrics), "--timing", str(timing))
+            "--out", str(report), "--metrics", str(metrics), "--timing", str(timing), "--curves", str(curves),
+            "--videos", *map(str, videos))
     return {"root": root, "params": params, "results": results, "report": report, "metrics": metrics,
-            "timing": timing}
+            "timing": timing, "curves": curves, "videos": videos}
+
+
+APT_TIMEOUT = 900
+
+
+def mujoco_rendering() -> str:
+    """Why MuJoCo cannot render offscreen here ("" when it can, after installing libosmesa6 if
+    need be). With D2R_REQUIRE_RENDER=1 (set by .ci/run) a reason is a failure, not a skip."""
+    why = _mujoco_rendering()
+    if why and os.environ.get("D2R_REQUIRE_RENDER") == "1":
+        pytest.fail(f"D2R_REQUIRE_RENDER=1 but MuJoCo cannot render offscreen: {why}")
+    return why
+
+
+def _mujoco_rendering() -> str:
+    """'' when MuJoCo can render offscreen here (OSMesa or EGL), after installing Debian's
+    libosmesa6 with apt-get when neither works (as root); else why not. CI machines start without
+    it: the render tests install it themselves, as tests/test_slurm.py does for Slurm."""
+    from d2r.render import _probe
+
+    if not _probe("osmesa") or not _probe("egl"):
+        return ""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "no rendering backend, and not running as root, so apt-get cannot install libosmesa6"
+    if not shutil.which("apt-get"):
+        return "no rendering backend, and no apt-get to install libosmesa6"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "libosmesa6"]
+    for cmds in ([install], [["apt-get", "update", "-q"], install]):   # the package list may be stale
+        try:
+            procs = [subprocess.run(c, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT) for c in cmds]
+        except subprocess.TimeoutExpired as err:
+            return f"`{' '.join(err.cmd)}` took longer than {APT_TIMEOUT} s"
+        if procs[-1].returncode == 0:
+            break
+    else:
+        return f"`{' '.join(install)}` failed: {(procs[-1].stderr or procs[-1].stdout).strip()[-400:]}"
+    why = _probe("osmesa")
+    return f"libosmesa6 installed, but OSMesa does not render: {why}" if why else ""
 
 
 def chromium_binary() -> str | None:

@@ -30,14 +30,31 @@ def without_timing(path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
 
+def live_view(out) -> dict[str, list[tuple[int, float]]]:
+    """The run's TensorBoard scalars as TensorBoard's own reader sees them: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def same_run(out, reference) -> None:
-    """Same final weights and the same logs (but for timing fields) as the reference run."""
+    """Same final weights and the same logs (but for timing fields) as the reference run, and a
+    live view of exactly those records."""
     got, want = torch.load(out / "model.pt", weights_only=True), torch.load(reference / "model.pt", weights_only=True)
     assert got.keys() == want.keys()
     for key in want:
         assert torch.equal(got[key], want[key]), key
     for log in ("train_log.jsonl", "eval_log.jsonl"):
         assert without_timing(out / log) == without_timing(reference / log), log
+    view = live_view(out)
+    train = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (out / "eval_log.jsonl").read_text().splitlines()]
+    assert view["train/loss_q"] == [(r["env_steps"], pytest.approx(r["loss_q"])) for r in train if "loss_q" in r]
+    assert view["alpha/reach"] == [(r["env_steps"], pytest.approx(r["alpha"]["reach"])) for r in train]
+    assert view["eval/mean_success"] == [(r["env_steps"], pytest.approx(r["mean_success"])) for r in evals]
+    assert [step for step, _ in view["eval_depth/drawer-close"]] == [r["env_steps"] for r in evals]
 
 
 def train_args(params, out) -> list[str]:

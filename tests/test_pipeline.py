@@ -4,7 +4,10 @@ Runs the real jobs (`python -m d2r setup/train/evaluate/analyse/report`) through
 2 MT10 tasks, D2R and MT-SAC with small networks, one seed, 2 epochs of 50-step episodes.
 Then checks what a parameter or a source change re-runs, and that a DVC push / pull into a
 fresh copy gives back the same report and metrics and, once the pulled results are marked up
-to date (`snakemake --touch --forceall`), leaves Snakemake nothing to do.
+to date (`snakemake --touch --forceall`), leaves Snakemake nothing to do. With a MuJoCo rendering
+backend (OSMesa is installed when missing, see conftest.mujoco_rendering) the run also renders a
+small video per task and method and the report embeds them; `dvc plots show` / `diff` draw the
+learning curves the report wrote.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, mujoco_rendering
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +56,13 @@ def tiny_params(raw: dict) -> dict:
                               "checkpoint_every": 1}
     raw["experiments"][EXPERIMENT] = {"benchmark": "MT10", "tasks": ["reach", "drawer-close"], "goal_mode": "fixed",
                                       "methods": list(METHODS), "seeds": [0], "preset": "tiny",
-                                      "final_eval_episodes": 1}
+                                      "final_eval_episodes": 1, "render": {"enabled": False}}
     return raw
+
+
+#: the tiny experiment's videos when rendering works here (repo fixture): 5 frames of 64x64 each
+TINY_RENDER = {"enabled": True, "width": 64, "height": 64, "frame_stride": 10}
+RENDERING: dict[str, str] = {}     # "why": '' when the repo fixture renders videos, else why not
 
 
 def edit_params(repo: Path, change) -> None:
@@ -109,8 +117,16 @@ def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
     shutil.copytree(REPO, repo, ignore=_ignore, symlinks=True)
     edit_params(repo, tiny_params)
+    RENDERING["why"] = mujoco_rendering()
+    if not RENDERING["why"]:
+        edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(render=dict(TINY_RENDER)))
     snakemake(repo, "--cores", "2", TARGET)
     return repo
+
+
+def needs_videos():
+    if RENDERING.get("why"):
+        pytest.skip(f"MuJoCo cannot render offscreen here: {RENDERING['why']}")
 
 
 def run_dir(repo: Path, method: str) -> Path:
@@ -141,6 +157,29 @@ def test_pipeline_outputs(repo):
     assert yaml.safe_load((run_dir(repo, "mtsac") / "routes.json").read_text())["routed"] is False
     env = yaml.safe_load((repo / "results" / EXPERIMENT / "environment.json").read_text())
     assert env["task_set"]["tasks"] == ["reach", "drawer-close"] and env["versions"]["torch"]
+    # which code: no git checkout here (a copy), so both unknown; tests/test_provenance.py has a repo
+    assert env["code"] == {"commit": None, "dirty": None}
+    assert yaml.safe_load((run_dir(repo, "d2r") / "run.json").read_text())["code"] == {"commit": None, "dirty": None}
+    assert "statistics" in metrics and "iqm" in metrics["methods"]["d2r"]
+    curves = (repo / "reports" / "curves" / f"{EXPERIMENT}.csv").read_text().splitlines()
+    assert curves[0] == "method,task,env_steps,success" and len(curves) == 1 + 2 * 3 * 2  # methods x (mean + tasks) x evals
+
+
+def test_pipeline_videos_in_report(repo):
+    """The render rule's MuJoCo videos (first seed, every method and task) are embedded in the report."""
+    import base64
+
+    needs_videos()
+    text = (repo / TARGET).read_text()
+    for method in METHODS:
+        d = run_dir(repo, method) / "videos"
+        index = json.loads((d / "index.json").read_text())
+        assert index["tasks"] == ["reach", "drawer-close"] and (index["width"], index["height"]) == (64, 64)
+        for task in index["tasks"]:
+            data = base64.b64encode((d / f"{task}.mp4").read_bytes()).decode()
+            assert f'id="video-{method}-{task}"' in text and f"data:video/mp4;base64,{data}" in text
+            assert index["videos"][task]["frames"] == 5
+        assert (repo / "logs" / EXPERIMENT / method / "seed0" / "render.log").exists()
 
 
 def test_what_reruns(repo):
@@ -156,6 +195,32 @@ def test_what_reruns(repo):
     assert planned(repo) == {}
     os.utime(repo / "d2r" / "train.py")   # a newer file time alone re-runs nothing
     assert planned(repo) == {}
+
+    # The report's statistics: the report only; the renderer: the videos and the report, no training.
+    for source, want in (("stats.py", {"report": 1}),
+                         ("render.py", {"render": 2, "report": 1} if not RENDERING.get("why") else {})):
+        path = repo / "d2r" / source
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        assert planned(repo) == want, source
+        path.write_text(original)
+        assert planned(repo) == {}
+
+    if not RENDERING.get("why"):
+        # A video setting: the videos and the report. Videos off: the report only, which says so.
+        edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT]["render"].update(fps=10))
+        assert planned(repo) == {"render": 2, "report": 1}
+        edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT]["render"].pop("fps"))
+        assert planned(repo) == {}
+        edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT]["render"].update(enabled=False))
+        assert planned(repo) == {"report": 1}
+        snakemake(repo, "--cores", "2", TARGET)
+        assert "Videos are off" in (repo / TARGET).read_text() and "<video" not in (repo / TARGET).read_text()
+        edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT]["render"].update(enabled=True))
+        assert planned(repo) == {"report": 1}      # the videos are still there and up to date
+        snakemake(repo, "--cores", "2", TARGET)
+        assert "<video" in (repo / TARGET).read_text()
+        assert planned(repo) == {}
 
     # A training parameter: training (both methods) and everything after it.
     edit_params(repo, lambda raw: raw["presets"]["tiny"].update(updates_per_epoch=3))
@@ -207,10 +272,10 @@ def _copy_tracked(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=ignore, symlinks=True)
 
 
-def test_dvc_push_pull(repo, tmp_path):
+def _dvc_init(repo: Path) -> None:
+    """The tiny experiment gets a stage like the others; DVC without Git (the temporary copy has none)."""
     if shutil.which("dvc", path=_env()["PATH"]) is None:
         pytest.skip("dvc is not installed")
-    # The tiny experiment gets a stage like the others; DVC without Git (the temporary copy has none).
     dvc_yaml = repo / "dvc.yaml"
     text = dvc_yaml.read_text()
     if f"- {EXPERIMENT}\n" not in text:
@@ -219,6 +284,10 @@ def test_dvc_push_pull(repo, tmp_path):
     if not (repo / ".dvc").exists():
         sh(repo, "dvc", "init", "--no-scm", "-q")
         sh(repo, "dvc", "config", "core.analytics", "false")
+
+
+def test_dvc_push_pull(repo, tmp_path):
+    _dvc_init(repo)
     remote = tmp_path / "remote"
     sh(repo, "dvc", "remote", "add", "-f", "-d", "local", str(remote))
     sh(repo, "dvc", "repro", f"experiment@{EXPERIMENT}")       # snakemake finds nothing to do; DVC records
@@ -243,6 +312,73 @@ def test_dvc_push_pull(repo, tmp_path):
     edit_params(fresh, lambda raw: raw["experiments"][EXPERIMENT].update(final_eval_episodes=3))
     plan = planned(fresh)
     assert "train" not in plan and plan.get("evaluate") == 2
+
+
+def _curve_rows(path: Path) -> set[tuple[str, str, int, float]]:
+    lines = path.read_text().splitlines()[1:]
+    return {(m, t, int(x), float(y)) for m, t, x, y in (line.split(",") for line in lines)}
+
+
+def _vega_svg(spec: dict) -> str:
+    import vl_convert
+
+    return vl_convert.vegalite_to_svg(json.dumps(spec))
+
+
+def test_dvc_metrics_and_plots_show(repo):
+    """`dvc metrics show` lists the tiny experiment's metrics and says nothing of the experiments
+    never run; `dvc plots show` gives the learning curves (every method, task and evaluation of
+    reports/curves/tiny.csv), which Vega-Lite draws: a panel per task, a line per method."""
+    _dvc_init(repo)
+    proc = subprocess.run(["dvc", "metrics", "show"], cwd=repo, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert "failed to load" not in proc.stdout + proc.stderr and "WARNING" not in proc.stdout + proc.stderr
+    assert f"metrics/{EXPERIMENT}.json" in proc.stdout and "metrics/mt10.json" not in proc.stdout
+
+    proc = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0 and "failed to load" not in proc.stderr, proc.stderr
+    shown = _json_tail(proc.stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    name = f"reports/curves/{EXPERIMENT}.csv"
+    (plot,) = shown["data"][name]
+    values = plot["content"]["data"]["values"]
+    got = {(v["method"], v["task"], int(v["env_steps"]), float(v["success"])) for v in values}
+    want = _curve_rows(repo / name)
+    assert got == want and {m for m, *_ in want} == set(METHODS)
+    assert {t for _, t, *_ in want} == {"(mean over tasks)", "reach", "drawer-close"}
+    svg = _vega_svg(plot["content"])
+    assert svg.count('aria-roledescription="line mark"') == 3 * len(METHODS), "a line per method in each panel"
+    for label in ("reach", "drawer-close", "(mean over tasks)", "success rate"):
+        assert label in svg
+
+
+def test_dvc_plots_diff(repo, tmp_path):
+    """`dvc plots diff` against a commit: both revisions' curves in one spec, told apart by `rev`."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    g = tmp_path / "g"
+    for rel in ("dvc.yaml", ".dvcignore", "workflow/plots/learning_curves.json", f"reports/curves/{EXPERIMENT}.csv"):
+        (g / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / rel, g / rel)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    sh(g, "git", "init", "-q")
+    sh(g, "dvc", "init", "-q")
+    sh(g, "dvc", "config", "core.analytics", "false")
+    sh(g, "git", "add", "-A")
+    sh(g, *git, "commit", "-q", "-m", "curves")
+    csv = g / "reports" / "curves" / f"{EXPERIMENT}.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0]] + [",".join(r.split(",")[:3] + ["0.5"]) for r in lines[1:]]) + "\n")
+    shown = _json_tail(sh(g, "dvc", "plots", "diff", "HEAD", "--json"))
+    (plot,) = shown["data"][f"reports/curves/{EXPERIMENT}.csv"]
+    assert sorted(plot["revisions"]) == ["HEAD", "workspace"]
+    values = plot["content"]["data"]["values"]
+    assert {v["rev"] for v in values} == {"HEAD", "workspace"}
+    assert {float(v["success"]) for v in values if v["rev"] == "workspace"} == {0.5}
+    assert len(values) == 2 * (len(lines) - 1)
+    assert _vega_svg(plot["content"]).count('aria-roledescription="line mark"') == 2 * 3 * len(METHODS)
 
 
 def test_same_seed_twice_gives_byte_identical_metrics(repo, tmp_path):

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from conftest import (EPOCHS, EVAL_EVERY, EVAL_WALL, EXPECTED, N_MODULES, SYNTH_EXPERIMENT, SYNTH_METHODS,
-                      SYNTH_SEEDS, SYNTH_TASKS, TRAIN_WALL, run_d2r)
+from conftest import (EPOCHS, EVAL_EVERY, EVAL_WALL, EXPECTED, N_MODULES, STEPS, SYNTH_EXPERIMENT, SYNTH_METHODS,
+                      SYNTH_SEEDS, SYNTH_TASKS, TRAIN_WALL, VIDEO_SIZE, run_d2r)
 from d2r.io import read_json
 
 
@@ -70,12 +70,13 @@ def test_report_content(synthetic_report):
     assert len(div_ids) == len(set(div_ids)), "figure ids must be unique"
     for expected in ("fig-learning-curves", "fig-task-curves", "fig-final-success", "fig-task-success",
                      "fig-depth-d2r", "fig-edges-d2r", "fig-module-use-d2r", "fig-depth-time-d2r",
-                     "fig-depth-difficulty"):
+                     "fig-depth-difficulty", "fig-aggregates", "fig-improvement", "fig-profiles",
+                     "fig-sample-efficiency"):
         assert expected in div_ids
     # one D2R variant only: no ablation section; mtsac is not routed: no routing figures for it.
     assert "fig-ablation" not in div_ids and "fig-depth-mtsac" not in div_ids
-    for section in ("Summary", "Learning curves", "Final success", "Routing depth (D2R)", "Network sizes",
-                    "Parameters and versions"):
+    for section in ("Summary", "Learning curves", "Final success", "Routing depth (D2R)", "Rollout videos",
+                    "Network sizes", "Parameters and versions"):
         assert f">{section}</h2>" in text
     assert "62.5% &plusmn; 12.5" in text          # d2r final success, mean +- std over seeds
     assert "metaworld 3.1.1" in text              # versions
@@ -86,12 +87,14 @@ def test_report_content(synthetic_report):
 def test_report_byte_identical(synthetic_report, tmp_path):
     first = synthetic_report["report"].read_bytes()
     first_metrics = synthetic_report["metrics"].read_bytes()
-    out, metrics = tmp_path / "again.html", tmp_path / "again.json"
+    out, metrics, curves = tmp_path / "again.html", tmp_path / "again.json", tmp_path / "again.csv"
     run_d2r("report", "--params", str(synthetic_report["params"]), "--experiment", SYNTH_EXPERIMENT,
             "--results", str(synthetic_report["results"]), "--out", str(out), "--metrics", str(metrics),
-            "--timing", str(tmp_path / "again.timing.json"))
+            "--timing", str(tmp_path / "again.timing.json"), "--curves", str(curves),
+            "--videos", *map(str, synthetic_report["videos"]))
     assert out.read_bytes() == first
-    assert metrics.read_bytes() == first_metrics
+    assert metrics.read_bytes() == first_metrics      # the bootstrap is seeded: the same intervals
+    assert curves.read_bytes() == synthetic_report["curves"].read_bytes()
 
 
 def test_metrics(synthetic_report):
@@ -128,8 +131,9 @@ def test_report_missing_file_is_clear(synthetic_report, tmp_path):
 
 
 def test_report_imports_no_training_code(synthetic_report):
-    """The report reads files only: importing d2r.report and d2r.analyse pulls in no torch/envs."""
-    code = ("import sys, d2r.report, d2r.analyse; "
+    """The report reads files only: importing d2r.report (its statistics and videos modules, rliable)
+    and d2r.analyse pulls in no torch/envs."""
+    code = ("import sys, d2r.report, d2r.analyse, d2r.stats, d2r.report_stats, d2r.report_videos, rliable.library; "
             "bad = [m for m in ('torch', 'd2r.agent', 'd2r.train', 'd2r.envs', 'metaworld') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     import subprocess
@@ -165,3 +169,250 @@ def test_report_ablation_section(synthetic_report, tmp_path):
     assert ">D2R variants</h2>" in text and 'id="fig-ablation"' in text
     assert 'id="fig-depth-d2r-no-balance"' in text
     assert sorted(read_json(metrics)["methods"]) == ["d2r", "d2r-no-balance", "mtsac"]
+
+
+# ---- statistics (d2r.stats via the report) ----------------------------------------------------
+# Hand values for the synthetic tree (conftest FINAL_SUCCESS), runs x tasks:
+#   d2r   [[1, .5, 0], [1, 1, .25]]  sorted 0 .25 .5 1 1 1    IQM = mean(.25, .5, 1, 1) = .6875
+#   mtsac [[.5, 0, 0], [1, .5, 0]]   sorted 0 0 0 .5 .5 1     IQM = mean(0, 0, .5, .5)  = .25
+#   P(d2r > mtsac) per task (4 run pairs, ties half): reach .75, push .875, pick-place .75 -> .791667
+HAND_IQM = {"d2r": 0.6875, "mtsac": 0.25}
+
+
+def test_metrics_statistics(synthetic_report):
+    metrics = read_json(synthetic_report["metrics"])
+    for method, iqm in HAND_IQM.items():
+        m = metrics["methods"][method]
+        assert m["iqm"] == pytest.approx(iqm, abs=1e-6)
+        assert m["iqm_low"] <= m["iqm"] <= m["iqm_high"]
+        assert m["success_mean_low"] <= m["success_mean"] <= m["success_mean_high"]
+    st = metrics["statistics"]
+    assert st["bootstrap"]["reps"] >= 1000 and st["bootstrap"]["confidence"] == 0.95
+    poi = st["probability_of_improvement"]
+    assert list(poi) == ["d2r vs mtsac"]
+    assert poi["d2r vs mtsac"]["p"] == pytest.approx((0.75 + 0.875 + 0.75) / 3, abs=1e-6)
+    assert poi["d2r vs mtsac"]["low"] <= poi["d2r vs mtsac"]["p"] <= poi["d2r vs mtsac"]["high"]
+    prof = st["performance_profile"]
+    assert prof["tau"][0] == 0.0 and prof["tau"][-1] == 1.0
+    # fraction of d2r's 6 scores above tau = 0.5: the three 1.0 -> 0.5
+    assert prof["methods"]["d2r"]["fraction"][prof["tau"].index(0.5)] == 0.5
+    se = st["sample_efficiency"]["d2r"]
+    assert se["env_steps"] == [e * STEPS for e in range(EVAL_EVERY, EPOCHS + 1, EVAL_EVERY)]
+    assert se["iqm"][-1] == pytest.approx(HAND_IQM["d2r"], abs=1e-6)   # the last evaluation = final success
+    # 2 seeds per method: the report must say the intervals cannot separate the methods.
+    assert any("Too few runs" in w for w in st["warnings"])
+
+
+def test_summary_states_runs_and_warns(synthetic_report):
+    text = synthetic_report["report"].read_text()
+    summary = text[text.index('<section id="summary">'):text.index('<section id="curves">')]
+    assert "The intervals rest on 2 runs per method" in summary
+    assert 'id="stats-warnings"' in summary and "Too few runs to separate methods" in summary
+    assert "68.8%" in summary and "P(X &gt; Y)" in summary and "0.79" in summary
+
+
+def test_no_warning_box_when_runs_separate(tmp_path):
+    """Many runs and a clear gap: the statistics do not warn (the warning is not always there)."""
+    import shutil
+
+    import yaml
+
+    from conftest import write_synthetic_results
+
+    params, results = write_synthetic_results(tmp_path)
+    raw = yaml.safe_load(params.read_text())
+    seeds = list(range(6))
+    raw["experiments"][SYNTH_EXPERIMENT]["seeds"] = seeds
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for method, value in (("d2r", 1.0), ("mtsac", 0.0)):
+        for seed in seeds:
+            d = results / method / f"seed{seed}"
+            if not d.exists():
+                shutil.copytree(results / method / "seed0", d)
+            ev = read_json(d / "eval.json")
+            ev["success"] = {t: value for t in SYNTH_TASKS}
+            ev["mean_success"] = value
+            (d / "eval.json").write_text(json.dumps(ev))
+            run_d2r("analyse", "--run-dir", str(d), "--out", str(d / "routes.json"))
+    out, metrics = tmp_path / "r.html", tmp_path / "m.json"
+    run_d2r("report", "--params", str(params), "--experiment", SYNTH_EXPERIMENT, "--results", str(results),
+            "--out", str(out), "--metrics", str(metrics))
+    st = read_json(metrics)["statistics"]
+    assert st["warnings"] == []
+    assert st["probability_of_improvement"]["d2r vs mtsac"]["p"] == 1.0
+    assert 'id="stats-warnings"' not in out.read_text()
+    assert "The intervals rest on 6 runs per method" in out.read_text()
+
+
+def test_curves_csv(synthetic_report):
+    lines = synthetic_report["curves"].read_text().splitlines()
+    assert lines[0] == "method,task,env_steps,success"
+    rows = [line.split(",") for line in lines[1:]]
+    evals = list(range(EVAL_EVERY, EPOCHS + 1, EVAL_EVERY))
+    assert len(rows) == len(SYNTH_METHODS) * (len(SYNTH_TASKS) + 1) * len(evals)
+    got = {(m, t, int(x)): float(y) for m, t, x, y in rows}
+    # conftest: periodic success = round(final * epoch / EPOCHS, 4), averaged over the two seeds
+    for (method, task), want in (((m, t), EXPECTED[m]["per_task"][t]) for m in SYNTH_METHODS for t in SYNTH_TASKS):
+        assert got[(method, task, EPOCHS * STEPS)] == pytest.approx(want, abs=1e-4)
+    assert got[("d2r", "(mean over tasks)", EPOCHS * STEPS)] == pytest.approx(EXPECTED["d2r"]["success_mean"],
+                                                                               abs=1e-4)
+
+
+# ---- what the report shows of each method --------------------------------------------------------
+
+
+def _section(text: str, anchor: str) -> str:
+    start = text.index(f'<section id="{anchor}">')
+    return text[start:text.index("</section>", start)]
+
+
+def test_routing_switches_only_for_d2r(synthetic_report):
+    """mtsac's run.json carries resrouting/policy_route/route_balance/temperature (MethodConfig's
+    defaults); they do not apply to a network without a router and are not shown as its settings."""
+    import html as html_mod
+
+    import yaml
+
+    text = _section(synthetic_report["report"].read_text(), "parameters")
+    methods_yaml = html_mod.unescape(text.split("<h3>Methods</h3>", 1)[1].split("<pre>", 1)[1].split("</pre>", 1)[0])
+    shown = yaml.safe_load(methods_yaml)
+    for key in ("resrouting", "policy_route", "route_balance", "temperature"):
+        assert key in shown["d2r"] and key not in shown["mtsac"], key
+    assert shown["mtsac"]["task_loss_weights"] is False and shown["mtsac"]["net"] == "mtsac"
+
+
+def _figure(text: str, div_id: str) -> dict:
+    """The plotly figure (data and layout) of div `div_id`, from Plotly.newPlot's arguments."""
+    start = text.index(f'<div id="{div_id}"')
+    call = text.index('Plotly.newPlot(', start)
+    args = text[call + len("Plotly.newPlot("):]
+    decoder = json.JSONDecoder()
+    rest = args[args.index(",") + 1:].lstrip()
+    data, end = decoder.raw_decode(rest)
+    layout, _ = decoder.raw_decode(rest[end:].lstrip()[1:].lstrip())
+    return {"data": data, "layout": layout}
+
+
+def test_depth_over_training_one_panel_per_task(synthetic_report):
+    fig = _figure(synthetic_report["report"].read_text(), "fig-depth-time-d2r")
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert titles == SYNTH_TASKS
+    axes = {(t.get("xaxis", "x"), t["name"]) for t in fig["data"]}
+    assert len({a for a, _ in axes}) == len(SYNTH_TASKS)          # a panel (x axis) per task
+    assert {n for _, n in axes} == {"route depth", "modules used"}
+
+
+def test_depth_difficulty_labels_do_not_overlap(tmp_path, synthetic_report):
+    """Every task fails everywhere: all share difficulty 1. Points are moved apart, and no two
+    written labels sit on top of each other (crowded points keep their name as hover text)."""
+    import shutil
+
+    results = tmp_path / "results" / SYNTH_EXPERIMENT
+    shutil.copytree(synthetic_report["results"], results)
+    for method in SYNTH_METHODS:
+        for seed in SYNTH_SEEDS:
+            p = results / method / f"seed{seed}" / "eval.json"
+            ev = read_json(p)
+            ev["success"] = {t: 0.0 for t in SYNTH_TASKS}
+            ev["mean_success"] = 0.0
+            p.write_text(json.dumps(ev))
+            if method == "d2r":     # and the same depth on every task: the points crowd each other
+                r = results / method / f"seed{seed}" / "routes.json"
+                routes = read_json(r)
+                for t in SYNTH_TASKS:
+                    routes["per_task"][t]["depth_mean"] = 2.0
+                r.write_text(json.dumps(routes))
+    out = tmp_path / "r.html"
+    run_d2r("report", "--params", str(synthetic_report["params"]), "--experiment", SYNTH_EXPERIMENT,
+            "--results", str(results), "--out", str(out), "--metrics", str(tmp_path / "m.json"))
+    fig = _figure(out.read_text(), "fig-depth-difficulty")
+    trace = fig["data"][0]
+    assert len(set(trace["x"])) == len(SYNTH_TASKS)                    # the tied tasks moved apart
+    assert all(abs(x - 1.0) < 0.05 for x in trace["x"])                 # ... by a small offset only
+    assert [c[0] for c in trace["customdata"]] == SYNTH_TASKS           # hover names every task
+    written = [(x, y) for x, y, t in zip(trace["x"], trace["y"], trace["text"]) if t]
+    assert trace["y"] == [2.0] * len(SYNTH_TASKS)
+    for i, (x, y) in enumerate(written):
+        for u, v in written[i + 1:]:
+            assert abs(x - u) >= 0.07 or abs(y - v) >= 0.08, "two labels on top of each other"
+
+
+def test_spread_ties_and_isolated():
+    from d2r.report import isolated, spread_ties
+
+    assert spread_ties([0.5, 1.0, 1.0, 1.0], step=0.05) == pytest.approx([0.5, 0.95, 1.0, 1.05])
+    many = spread_ties([1.0] * 50)                       # 50 tied tasks stay within 0.15
+    assert len(set(many)) == 50 and max(many) - min(many) == pytest.approx(0.15)
+    assert isolated([(0, 0), (0.01, 0.0), (1, 1)], dx=0.05, dy=0.05) == [False, False, True]
+
+
+# ---- rollout videos ------------------------------------------------------------------------------
+
+
+def test_videos_embedded(synthetic_report):
+    import base64
+
+    text = synthetic_report["report"].read_text()
+    videos = re.findall(r'<video id="([^"]+)" class="d2r-video"[^>]* src="data:video/mp4;base64,([^"]+)"', text)
+    assert len(videos) == len(SYNTH_METHODS) * len(SYNTH_TASKS)
+    for method in SYNTH_METHODS:
+        for task in SYNTH_TASKS:
+            vid = dict(videos)[f"video-{method}-{task}"]
+            want = (synthetic_report["results"] / method / f"seed{SYNTH_SEEDS[0]}" / "videos" / f"{task}.mp4")
+            assert base64.b64decode(vid) == want.read_bytes()
+    assert f'width="{VIDEO_SIZE}" height="{VIDEO_SIZE}"' in text
+    assert "video.d2r-video" in text    # the play-when-visible script
+
+
+@pytest.mark.parametrize("enabled, expected", [(False, "Videos are off"), (True, "No videos: <code>render.enabled")])
+def test_report_without_videos_says_so(tmp_path, synthetic_report, enabled, expected):
+    import yaml
+
+    raw = yaml.safe_load(synthetic_report["params"].read_text())
+    raw["experiments"][SYNTH_EXPERIMENT]["render"] = {"enabled": enabled}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "r.html"
+    run_d2r("report", "--params", str(params), "--experiment", SYNTH_EXPERIMENT,
+            "--results", str(synthetic_report["results"]), "--out", str(out), "--metrics", str(tmp_path / "m.json"))
+    videos = _section(out.read_text(), "videos")
+    assert expected in videos and "<video" not in videos
+
+
+def test_report_missing_video_is_clear(tmp_path, synthetic_report):
+    import shutil
+
+    results = tmp_path / "results" / SYNTH_EXPERIMENT
+    shutil.copytree(synthetic_report["results"], results)
+    dirs = [results / m / f"seed{SYNTH_SEEDS[0]}" / "videos" for m in SYNTH_METHODS]
+    (dirs[1] / "push.mp4").unlink()
+    proc = run_d2r("report", "--params", str(synthetic_report["params"]), "--experiment", SYNTH_EXPERIMENT,
+                   "--results", str(results), "--out", str(tmp_path / "r.html"), "--metrics",
+                   str(tmp_path / "m.json"), "--videos", *map(str, dirs), check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "push.mp4: missing" in proc.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_bad_periodic_success_is_one_line(tmp_path, synthetic_report):
+    import shutil
+
+    results = tmp_path / "results" / SYNTH_EXPERIMENT
+    shutil.copytree(synthetic_report["results"], results)
+    log = results / "mtsac" / "seed1" / "eval_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records[1]["success"]["push"] = 1.5
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    proc = run_d2r("report", "--params", str(synthetic_report["params"]), "--experiment", SYNTH_EXPERIMENT,
+                   "--results", str(results), "--out", str(tmp_path / "r.html"), "--metrics",
+                   str(tmp_path / "m.json"), check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "mtsac/seed1/eval_log.jsonl at env steps 800: success.push: expected a success rate" in proc.stderr
+
+
+def test_report_names_the_code_that_trained_the_runs(synthetic_report):
+    """environment.json and each run.json record the git commit; the header shows both (the D2R
+    runs of the synthetic tree were trained from a tree with uncommitted changes)."""
+    html = synthetic_report["report"].read_text()
+    assert ("training: commit fedcba987654; commit fedcba987654 (uncommitted changes); "
+            "setup: commit 0123456789ab") in html

@@ -93,6 +93,29 @@ def test_report_renders_in_chromium(chromium, synthetic_report, tmp_path):
     empty = [i for i in source_ids if not re.search(r'class="(scatterlayer|barlayer|heatmaplayer|imagelayer)',
                                                        blocks[i]) and "heatmap" not in blocks[i]]
     assert not empty, f"figures drawn without any trace layer: {empty}"
+    # The statistics' figures are among them.
+    for div_id in ("fig-aggregates", "fig-improvement", "fig-profiles", "fig-sample-efficiency"):
+        assert div_id in blocks and "main-svg" in blocks[div_id], div_id
+
+
+def test_report_videos_play_in_chromium(chromium, synthetic_report, tmp_path):
+    """Opened at its videos (so they are on screen), every embedded video decodes and plays: its
+    time advances (the page marks it data-played="yes"), and no video error reaches the error box."""
+    from conftest import SYNTH_METHODS, SYNTH_TASKS
+
+    page = synthetic_report["report"]
+    proc = subprocess.run(_chromium_cmd(chromium, tmp_path / "profile-videos", "--window-size=1280,1600",
+                                        "--autoplay-policy=no-user-gesture-required", "--dump-dom",
+                                        page.as_uri() + "#videos"),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    errors = re.search(r'<pre id="js-errors"[^>]*>(.*?)</pre>', dom, re.S)
+    assert errors is not None and html.unescape(errors.group(1)).strip() == "", errors and errors.group(1)
+    videos = re.findall(r"<video [^>]*>", dom)
+    assert len(videos) == len(SYNTH_METHODS) * len(SYNTH_TASKS)
+    not_played = [v[:80] for v in videos if 'data-played="yes"' not in v]
+    assert not not_played, f"videos that did not play: {not_played}"
 
 
 def test_report_screenshot(chromium, synthetic_report, tmp_path):

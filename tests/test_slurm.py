@@ -498,6 +498,13 @@ def test_pipeline_on_slurm(slurm, tmp_path):
         assert "resuming from epoch" in train_log.read_text(errors="replace"), f"{method}: no resume\n{_tail(train_log)}"
         run = yaml.safe_load((repo / "results" / EXPERIMENT / method / "seed0" / "run.json").read_text())
         assert run["epochs"] == EPOCHS
+        # The logs of the interrupted runs read as one run: every epoch once, from the first
+        # (Snakemake deleted the failed job's logs; the checkpoint carried their lines).
+        run_dir = repo / "results" / EXPERIMENT / method / "seed0"
+        epochs = [yaml.safe_load(line)["epoch"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+        assert epochs == list(range(1, EPOCHS + 1)), (method, epochs)
+        evals = [yaml.safe_load(line)["epoch"] for line in (run_dir / "eval_log.jsonl").read_text().splitlines()]
+        assert evals == list(range(10, EPOCHS + 1, 10)), (method, evals)
 
     # The GPU jobs overlapped: profiles/default's cap of one GPU job applies to this machine only.
     gpu_jobs = sorted((r["Start"], r["End"]) for r in rows if r["State"] == "COMPLETED")

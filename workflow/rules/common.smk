@@ -1,5 +1,5 @@
-# Helpers shared by the rules: checked parameters, wildcard constraints, the d2r sources each
-# job runs, and the parameters each job depends on.
+# Helpers shared by the rules: wildcard constraints, the d2r sources each job runs, and the
+# parameters each job depends on (PARAMS, the checked params.yaml, comes from the Snakefile).
 #
 # What re-runs what. Snakemake's own triggers, nothing custom:
 # - params: each rule's `params:` holds exactly what its job depends on in params.yaml
@@ -18,24 +18,18 @@ import shlex
 import shutil
 from glob import glob
 
-import yaml
 from snakemake.exceptions import WorkflowError
 
-from d2r.config import ParamsError, fingerprint, parse_params
+from d2r.config import fingerprint
 
-# The jobs read params.yaml themselves; `--config`/`--configfile` overrides would not reach them.
-with open(PARAMS_FILE) as _f:
-    if yaml.safe_load(_f) != config:
-        raise WorkflowError(
-            f"the Snakemake config differs from {PARAMS_FILE}; the jobs read {PARAMS_FILE} itself, so "
-            "--config/--configfile overrides are not supported: edit params.yaml "
-            "(or use `dvc exp run -S key=value`)"
-        )
-
-try:
-    PARAMS = parse_params(config, PARAMS_FILE)
-except ParamsError as _err:
-    raise WorkflowError(f"invalid parameters: {_err}") from None
+# PARAMS: the checked params.yaml (Snakefile). The jobs read params.yaml themselves, so
+# `--config`/`--configfile` overrides would not reach them.
+if PARAMS.raw != config:
+    raise WorkflowError(
+        f"the Snakemake config differs from {PARAMS_FILE}; the jobs read {PARAMS_FILE} itself, so "
+        "--config/--configfile overrides are not supported: edit params.yaml "
+        "(or use `dvc exp run -S key=value`)"
+    )
 
 EXPERIMENTS = list(PARAMS.experiments)
 # The interpreter running Snakemake runs the jobs too. Used in the commands directly, not as a
@@ -175,7 +169,7 @@ _NOT_TRAINING = {"d2r/analyse.py", "d2r/report.py"}
 _PACKAGE = sorted(set(glob("d2r/*.py") + glob("d2r/nets/*.py") + _CORE) - _NOT_TRAINING)
 
 SOURCES = {
-    "setup": sorted(set(_CORE + ["d2r/setup.py", "d2r/envs.py"])),
+    "setup": sorted(set(_CORE + ["d2r/setup.py", "d2r/envs.py", "d2r/provenance.py"])),
     "train": _PACKAGE,
     "evaluate": _PACKAGE,
     "analyse": sorted(set(_CORE + ["d2r/analyse.py"])),
@@ -231,3 +225,19 @@ def report_inputs(w) -> dict:
         "evals": [f"{d}/eval.json" for d in runs],
         "routes": [f"{d}/routes.json" for d in runs],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report statistics and rollout videos (issue 17): the sources of the report and render jobs.
+# d2r/stats.py, report_stats.py and report_videos.py run in the report job only, d2r/render.py in
+# the render job only (workflow/rules/render.smk): none is a source of training or evaluation,
+# so editing them re-runs no training. Render runs the training package (agent, nets, envs).
+_REPORT_ONLY = ["d2r/stats.py", "d2r/report_stats.py", "d2r/report_videos.py"]
+_RENDER_ONLY = ["d2r/render.py"]
+for _step in ("train", "evaluate"):
+    SOURCES[_step] = [f for f in SOURCES[_step] if f not in _REPORT_ONLY + _RENDER_ONLY]
+SOURCES["report"] = sorted(set(SOURCES["report"] + _REPORT_ONLY))
+SOURCES["render"] = sorted(set(SOURCES["train"] + _RENDER_ONLY))
+_missing = [f for f in _REPORT_ONLY + _RENDER_ONLY if not os.path.exists(f)]
+if _missing:
+    raise WorkflowError(f"d2r sources of the report/render jobs are missing: {', '.join(_missing)}")

@@ -1,17 +1,22 @@
 # report: every method and seed of an experiment side by side, as one self-contained HTML file
-# (reports/{experiment}.html) and a small metrics file for `dvc metrics` (metrics/{experiment}.json).
+# (reports/{experiment}.html), a small metrics file for `dvc metrics` (metrics/{experiment}.json)
+# and the learning curves for `dvc plots` (reports/curves/{experiment}.csv). The rollout videos
+# (render.smk) are inputs when render is enabled for the experiment.
 
 
 rule report:
     input:
         unpack(report_inputs),
+        videos=video_dirs,
         sources=SOURCES["report"],
     output:
         html="reports/{experiment}.html",
         metrics="metrics/{experiment}.json",
         timing="reports/{experiment}.timing.json",
+        curves="reports/curves/{experiment}.csv",
     params:
         experiment=report_json,
+        videos=lambda w: RENDER[w.experiment].enabled,
     log:
         "logs/{experiment}/report.log",
     benchmark:
@@ -22,5 +27,5 @@ rule report:
     shell:
         "{PYTHON} -m d2r report --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --results results/{wildcards.experiment} --out {output.html} --metrics {output.metrics}"
-        " --timing {output.timing}"
+        " --timing {output.timing} --curves {output.curves} --videos {input.videos}"
         " > {log} 2>&1"

@@ -62,6 +62,8 @@ def files_built_from() -> dict[str, list[str]]:
 
 
 def remove_what_missing_files_built() -> None:
+    if not _has_records():  # not a tree Snakemake built (a fresh clone, before or after `dvc pull`)
+        return
     built = files_built_from()
     cause: dict[str, str] = {}  # stale file -> the missing file it was (indirectly) built from
     changed = True
