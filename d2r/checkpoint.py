@@ -4,10 +4,11 @@ Files are `ckpt-<epoch>.pt` (tensors and plain data, loaded with torch.load(weig
 so that a checkpoint from elsewhere cannot run code) and a JSON sidecar `ckpt-<epoch>.json`
 holding its checksum, written after the checkpoint: a checkpoint counts only once its sidecar
 exists. A run stopped by a signal in the middle of an epoch writes `ckpt-<epoch>.<step>.pt`:
-<epoch> epochs done and <step> units (the episode, then each update) of the next. Loading takes the newest checkpoint whose checksum matches and warns, naming the file,
-about any it had to skip (no sidecar: a crash between the two writes; checksum mismatch: a
-truncated or corrupted file). Temporary files of interrupted writes (`.ckpt-*.tmp`) are never
-read, and are removed by the next save.
+<epoch> epochs done and <step> units (the episode, then each update) of the next. Loading takes
+the newest checkpoint whose checksum matches and warns, naming the file, about any it had to skip
+(no sidecar: a crash between the two writes; checksum mismatch: a truncated or corrupted file).
+Temporary files of interrupted writes (`.ckpt-*.tmp`) are never read, and are removed by the
+next save.
 
 A file whose checksum matches but which holds anything other than tensors and plain data (a
 pickle that would import a function or build an object when loaded) is refused with

@@ -344,7 +344,7 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
-            if not isinstance(key, (str, int, float, bool)) or key is None:
+            if not isinstance(key, (str, int, float, bool)):
                 continue  # (a non-string key is refused later, naming its path)
             if key in seen:
                 raise ParamsError(f"line {line}: duplicate key {key!r} (first given at line {seen[key]})")

@@ -270,17 +270,20 @@ class Trainer:
         return save_checkpoint(self.checkpoint_dir, self.epoch, self.state(progress),
                                step=None if progress is None else progress.step)
 
-    def stop_if_asked(self, progress: EpochProgress | None = None) -> None:
-        """At a safe point: when a signal came, write a checkpoint of exactly here and stop. Within
-        an epoch (`progress`), an overlapped episode is finished first and held in the checkpoint."""
-        if self.stop is None or self.stop.signal is None:
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.signal is not None
+
+    def stop_if_asked(self, progress: EpochProgress) -> None:
+        """At a safe point within an epoch: when a signal came, write a checkpoint of exactly here
+        and stop; an overlapped episode is finished first and held in the checkpoint."""
+        if not self.stop_requested:
             return
-        if progress is not None:
-            if self.collector.busy:
-                self._join_collection(progress)
-            progress.skipped = self.agent._skipped.clone()
-            progress.elapsed = time.perf_counter() - self._epoch_start
-        raise Stopped(self.stop.signal, self.epoch, progress or EpochProgress(), self.save(progress))
+        if self.collector.busy:
+            self._join_collection(progress)
+        progress.skipped = self.agent._skipped.clone()
+        progress.elapsed = time.perf_counter() - self._epoch_start
+        raise Stopped(self.stop.signal, self.epoch, progress, self.save(progress))
 
     # ---- one epoch --------------------------------------------------------------------------
     def store(self, transitions: list) -> None:
@@ -418,7 +421,7 @@ class Trainer:
             if "loss_q" in stats:  # none before the first update
                 postfix["loss_q"] = stats["loss_q"]
             bar.set_postfix(postfix)
-            stopping = self.stop is not None and self.stop.signal is not None and self.epoch < budget.epochs
+            stopping = self.stop_requested and self.epoch < budget.epochs
             if self.epoch % budget.checkpoint_every == 0 or self.epoch == budget.epochs or stopping:
                 path = self.save()
             if stopping:  # (a signal in the last epoch lets the run finish instead)

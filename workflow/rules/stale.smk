@@ -50,8 +50,8 @@ def files_built_from() -> dict[str, list[str]]:
     built: dict[str, list[str]] = {}
     for rule in workflow.rules:
         outputs = [unconstrained(o) for o in rule.output]
+        names = {n for o in outputs for n in re.findall(r"\{(\w+)\}", o)}
         for values in jobs:
-            names = {n for o in outputs for n in re.findall(r"\{(\w+)\}", o)}
             if not outputs or names != set(values):
                 continue
             wildcards = SimpleNamespace(**values)
