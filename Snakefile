@@ -31,6 +31,7 @@ configfile: PARAMS_FILE
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
 include: "workflow/rules/setup.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

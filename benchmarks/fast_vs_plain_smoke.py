@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from d2r.bench import PlainD2RNet
+from d2r.build import make_run_envs
 from d2r.config import load_params
-from d2r.evaluate import FINAL_EVAL_STREAM, evaluate_agent
-from d2r.train import Trainer, make_run_envs
+from d2r.evaluate import evaluate_agent
+from d2r.seeding import FINAL_EVAL_STREAM
+from d2r.train import Trainer
 
 METRICS = ("eval_mean_return", "eval_mean_success", "eval_depth_mean", "last_loss_q", "last_loss_pi", "last_entropy")
 

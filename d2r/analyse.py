@@ -1,8 +1,8 @@
-"""`python -m d2r analyse`: routing per task for one run, from files only.
+"""Routing per task for one run, from files only (the `analyse` job, d2r/jobs/analyse.py).
 
 Reads ``{run_dir}/eval.json`` (final evaluation, greedy routes) and ``{run_dir}/eval_log.jsonl``
 (periodic evaluations during training) and writes ``routes.json``. Never imports training
-code (no torch): the numbers were computed by the evaluation job, this job selects, checks
+code (no torch): the numbers were computed by the evaluation job, this module selects, checks
 and arranges them.
 
 Routed methods (D2R and its variants)::
@@ -24,22 +24,16 @@ Non-routed methods: ``{"routed": false, "experiment": ..., "method": ..., "seed"
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-from d2r.io import atomic_write_json, read_json, read_jsonl
+from d2r.io import read_json, read_jsonl
+from d2r.rundir import RunDir
 
 
 class AnalyseError(ValueError):
     """An input file does not follow the contract; the message names the file and the key."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", required=True, help="results/{experiment}/{method}/seed{seed}")
-    parser.add_argument("--out", required=True, help="where to write routes.json")
 
 
 def _number(value: Any, where: str) -> float:
@@ -90,8 +84,8 @@ def evolution(records: list[dict[str, Any]], tasks: list[str], where: str) -> di
 
 
 def analyse(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    eval_path, log_path = run_dir / "eval.json", run_dir / "eval_log.jsonl"
+    files = RunDir(run_dir)
+    eval_path, log_path = files.final_eval, files.eval_log
     ev = read_json(eval_path)
     head = {"experiment": ev["experiment"], "method": ev["method"], "seed": ev["seed"]}
     if not ev.get("routed", False):
@@ -117,17 +111,3 @@ def analyse(run_dir: str | Path) -> dict[str, Any]:
         },
         "evolution": evolution(records, tasks, str(log_path)),
     }
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        result = analyse(args.run_dir)
-    except (AnalyseError, KeyError, FileNotFoundError) as err:
-        kind = "missing key" if isinstance(err, KeyError) else type(err).__name__
-        print(f"error: analyse {args.run_dir}: {kind}: {err}", file=sys.stderr)
-        return 1
-    atomic_write_json(args.out, result)
-    summary = (f"mean depth {result['mean']['depth']:.2f}, modules used {result['mean']['modules_used']:.2f}"
-               if result["routed"] else "not routed")
-    print(f"analyse: {args.run_dir}: {summary} -> {args.out}", file=sys.stderr)
-    return 0

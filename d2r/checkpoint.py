@@ -27,14 +27,10 @@ from typing import Any
 
 import torch
 
-from d2r.io import atomic_write_bytes, atomic_write_json, read_json
+from d2r.io import CheckpointError, atomic_write_bytes, atomic_write_json, read_json
 
 KEEP = 2
 _NAME = re.compile(r"ckpt-(\d+)(?:\.(\d+))?\.pt")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or model file that cannot or must not be loaded; the message names the file."""
 
 
 def _sha256(data: bytes) -> str:

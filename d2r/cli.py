@@ -1,7 +1,7 @@
 """`python -m d2r <job> ...`: the jobs the pipeline's rules call.
 
-Each job lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
-modules are imported only when their job runs, so `--help` stays fast.
+Each job lives in its own module of d2r/jobs/ exposing `add_arguments(parser)` and
+`run(args) -> int`; a job's module is imported only when it runs, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,27 +11,17 @@ import importlib
 import sys
 
 from d2r.config import ParamsError
+from d2r.io import CheckpointError
 
 JOBS = {
-    "setup": ("d2r.setup", "record versions and the device, build the task set once"),
-    "train": ("d2r.train", "train one (experiment, method, seed); resumes from its last checkpoint"),
-    "evaluate": ("d2r.evaluate", "final rollouts with greedy routes: per-task success and return"),
-    "analyse": ("d2r.analyse", "routing depth, modules used and edge frequency per task"),
-    "report": ("d2r.report", "self-contained HTML report and metrics JSON for one experiment"),
-    "render": ("d2r.render", "videos of greedy episodes of a trained policy, one per task (MuJoCo offscreen)"),
-    "bench": ("d2r.bench", "throughput benchmarks: env steps/s, updates/s, FLOP/s"),
+    "setup": ("d2r.jobs.setup", "record versions and the device, build the task set once"),
+    "train": ("d2r.jobs.train", "train one (experiment, method, seed); resumes from its last checkpoint"),
+    "evaluate": ("d2r.jobs.evaluate", "final rollouts with greedy routes: per-task success and return"),
+    "analyse": ("d2r.jobs.analyse", "routing depth, modules used and edge frequency per task"),
+    "report": ("d2r.jobs.report", "self-contained HTML report and metrics JSON for one experiment"),
+    "render": ("d2r.jobs.render", "videos of greedy episodes of a trained policy, one per task (MuJoCo offscreen)"),
+    "bench": ("d2r.jobs.bench", "throughput benchmarks: env steps/s, updates/s, FLOP/s"),
 }
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments naming one run (experiment, method, seed), shared by train and evaluate."""
-    parser.add_argument("--params", default="params.yaml", help="the parameter file (default params.yaml)")
-    parser.add_argument("--experiment", required=True, help="experiment name in params.yaml")
-    parser.add_argument("--method", required=True, help="method name in params.yaml")
-    parser.add_argument("--seed", type=int, required=True, help="run seed")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: OMP_NUM_THREADS, which Snakemake sets to the "
-                             "rule's threads; more threads than free cores make OpenMP spin, many times slower)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -62,13 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:
-        # A refused or unreadable checkpoint/model file: one clear line, no traceback. (Imported
-        # here: only a job that has read a checkpoint can raise it, and torch is loaded by then.)
-        from d2r.checkpoint import CheckpointError
-
-        if not isinstance(err, CheckpointError):
-            raise
+    except CheckpointError as err:  # a refused or unreadable checkpoint/model file: one line
         print(f"error: {err}", file=sys.stderr)
         return 1
 

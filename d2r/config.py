@@ -20,6 +20,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from d2r.tasks import resolve_tasks
+
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
 
@@ -264,8 +266,6 @@ def _method(name: str, raw_method: dict, nets: dict, source: str) -> MethodConfi
 
 
 def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: str) -> ExperimentConfig:
-    from d2r.envs import resolve_tasks  # lazy: keeps `--help` fast
-
     where = f"{source}: experiments.{name}"
     try:
         tasks = tuple(resolve_tasks(raw_exp["benchmark"], raw_exp["tasks"]))
@@ -298,8 +298,6 @@ def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: s
 
 
 def _resolves(benchmark: str, tasks: list) -> bool:
-    from d2r.envs import resolve_tasks
-
     try:
         resolve_tasks(benchmark, tasks)
     except ValueError:

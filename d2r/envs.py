@@ -38,9 +38,21 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from metaworld.env_dict import MT10_V3, MT50_V3, MT50_V3_ARGS_KWARGS
+from metaworld.env_dict import MT50_V3, MT50_V3_ARGS_KWARGS
 from metaworld.types import Task
 from metaworld.wrappers import OneHotWrapper
+
+from d2r.tasks import (  # re-exported: envs is where the rest of the code looks for them
+    ACTION_DIM,
+    BENCHMARKS,
+    GOAL_MODES,
+    MT10_TASKS,
+    MT50_TASKS,
+    STATE_DIM,
+    full_name,
+    resolve_tasks,
+    short_name,
+)
 
 __all__ = [
     "MT10_TASKS",
@@ -58,27 +70,6 @@ __all__ = [
     "set_rng_state",
 ]
 
-_SUFFIX = "-v3"
-
-
-def short_name(name: str) -> str:
-    """``"reach-v3"`` -> ``"reach"``; names without the suffix are returned unchanged."""
-    name = name.strip()
-    return name[: -len(_SUFFIX)] if name.endswith(_SUFFIX) else name
-
-
-def full_name(name: str) -> str:
-    """``"reach"`` -> ``"reach-v3"`` (Meta-World's name)."""
-    return short_name(name) + _SUFFIX
-
-
-MT10_TASKS: tuple[str, ...] = tuple(short_name(n) for n in MT10_V3)
-MT50_TASKS: tuple[str, ...] = tuple(short_name(n) for n in MT50_V3)
-BENCHMARKS: dict[str, tuple[str, ...]] = {"MT10": MT10_TASKS, "MT50": MT50_TASKS}
-
-STATE_DIM = 39
-ACTION_DIM = 4
-GOAL_MODES = ("fixed", "random")
 _VECTOR_STRATEGIES = ("sync", "async")
 _REWARD_VERSIONS = ("v1", "v2")
 
@@ -86,40 +77,6 @@ _REWARD_VERSIONS = ("v1", "v2")
 _KEY_GOAL = 0
 _KEY_ENV = 1
 _KEY_VEC_ACTION = 2
-
-
-def resolve_tasks(benchmark: str, tasks: list[str] | str | None = None) -> list[str]:
-    """Short task names of ``benchmark`` to run.
-
-    ``tasks`` None or ``"all"``: the whole benchmark in Meta-World's order. Otherwise a list or a
-    comma-separated string of names, with or without ``-v3``; each must belong to the benchmark.
-    The user's order is kept. Unknown or repeated names raise ``ValueError``.
-    """
-    key = str(benchmark).strip().upper()
-    if key not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {sorted(BENCHMARKS)}")
-    valid = BENCHMARKS[key]
-    if tasks is None:
-        return list(valid)
-    if isinstance(tasks, str):
-        if tasks.strip().lower() == "all":
-            return list(valid)
-        names = [t for t in (s.strip() for s in tasks.split(",")) if t]
-    else:
-        names = [str(t) for t in tasks]
-    if not names:
-        raise ValueError(f"no tasks given for {key}; valid: {', '.join(valid)}")
-    out: list[str] = []
-    for raw in names:
-        name = short_name(raw)
-        if name not in valid:
-            raise ValueError(
-                f"unknown task {raw!r} for {key}; valid tasks: {', '.join(valid)}"
-            )
-        if name in out:
-            raise ValueError(f"task {raw!r} given twice")
-        out.append(name)
-    return out
 
 
 def _seed_int(seed: int, *key: int) -> int:

@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint or model file that cannot or must not be loaded; the message names the file.
+    (Defined here, beside the other file errors, so that the CLI can name it without torch.)"""
+
+
 class WriteError(OSError):
     """A file that could not be written (disk full, quota, I/O error), naming it."""
 

@@ -1,7 +1,11 @@
-"""Which code produced a result: the git commit of this checkout and whether its tree was clean."""
+"""Which code produced a result: the git commit of this checkout and whether its tree was clean,
+the versions of the software stack and the platform (environment.json, run.json)."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,3 +34,33 @@ def code_version(repo: Path = REPO) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
     status = _git(repo, "status", "--porcelain", "--", ".", *NOT_CODE)
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+#: distributions whose versions are recorded (the import name may differ; metadata is read).
+VERSIONED = ("torch", "mujoco", "metaworld", "gymnasium", "numpy", "snakemake", "dvc", "plotly", "d2r")
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        out[name] = package_version(name)
+    return out
+
+
+def platform_info() -> dict[str, Any]:
+    return {
+        "system": platform.system(),
+        "release": platform.release(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "python_implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,4 +1,4 @@
-"""`python -m d2r render`: videos of greedy episodes of a trained policy, one per task.
+"""Videos of greedy episodes of a trained policy, one per task (the `render` job, d2r/jobs/render.py).
 
 Loads ``{run_dir}/model.pt``, runs one episode per task with greedy routes and tanh(mean)
 actions (as the evaluation does), renders every `frame_stride`-th step with MuJoCo's offscreen
@@ -10,9 +10,9 @@ ffmpeg, yuv420p, so that browsers play it). Writes the directory ``--out``::
                                "width", "height", "frame_stride", "fps", "tasks": [...],
                                "videos": {task: {"file", "frames", "steps", "success", "return"}}}
 
-Results do not change: the episodes run on their own env stream (RENDER_STREAM; training
+Results do not change: the episodes run on their own env stream (d2r.seeding.RENDER_STREAM; training
 collects on 0, periodic evaluation on 1, the final evaluation on 2), in this job's own process,
-and nothing here writes outside ``--out``. Fixed goals do not depend on the stream, so a video
+and nothing writes outside the job's ``--out``. Fixed goals do not depend on the stream, so a video
 shows the goal the policy was trained and evaluated on. The policy acts on the CPU (a video needs
 no GPU arithmetic); rendering uses EGL where it works (a GPU), else OSMesa (software).
 
@@ -24,15 +24,13 @@ tried and how to fix it.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-RENDER_STREAM = 3
+from d2r.devices import gpu_present
+
 #: Meta-World's corner cameras look at the table upside down; their images are turned by 180 deg.
 UPSIDE_DOWN = {"corner", "corner2", "corner3", "corner4"}
 
@@ -57,21 +55,6 @@ class RenderError(RuntimeError):
     """Rendering cannot run here; the message says why and what to do."""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from d2r.cli import add_run_arguments
-
-    add_run_arguments(parser)
-    parser.add_argument("--run-dir", required=True, type=Path, help="the training run's directory (model.pt)")
-    parser.add_argument("--out", required=True, type=Path, help="the directory to write (videos and index.json)")
-
-
-def _has_nvidia_gpu() -> bool:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return False
-    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
-
-
 def _probe(backend: str) -> str:
     """'' when MuJoCo renders with `backend` in a child process, else the reason it does not."""
     env = {k: v for k, v in os.environ.items() if k != "PYOPENGL_PLATFORM"}
@@ -91,7 +74,7 @@ def _probe(backend: str) -> str:
 def choose_backend() -> str:
     """The MuJoCo GL backend to use, set in MUJOCO_GL; raises RenderError when none works."""
     forced = os.environ.get("MUJOCO_GL", "").strip().lower()
-    candidates = [forced] if forced else (["egl", "osmesa"] if _has_nvidia_gpu() else ["osmesa", "egl"])
+    candidates = [forced] if forced else (["egl", "osmesa"] if gpu_present() else ["osmesa", "egl"])
     reasons = []
     for backend in candidates:
         why = _probe(backend)
@@ -124,7 +107,7 @@ def render_task(env, index: int, agent, cfg, path: Path) -> dict:
     import numpy as np
     import torch
 
-    from d2r.envs import STATE_DIM
+    from d2r.tasks import STATE_DIM
 
     sim = env.unwrapped
     renderer = mujoco.Renderer(sim.model, cfg.height, cfg.width)
@@ -161,60 +144,3 @@ def render_task(env, index: int, agent, cfg, path: Path) -> dict:
         writer.close()
         renderer.close()
     return {"file": path.name, "frames": frames, "steps": steps, "success": success, "return": round(total, 6)}
-
-
-def run(args) -> int:
-    try:
-        backend = choose_backend()     # before anything imports mujoco (d2r.config imports d2r.envs)
-    except RenderError as err:
-        print(f"error: render {args.experiment}/{args.method}/seed{args.seed}: {err}", file=sys.stderr)
-        return 1
-
-    import torch
-
-    from d2r import envs as mw
-    from d2r.checkpoint import load_checkpoint_file
-    from d2r.config import load_params, render_config
-    from d2r.io import atomic_write_json
-    from d2r.train import build_agent
-
-    params = load_params(args.params)
-    run_cfg = params.run(args.experiment, args.method, args.seed)
-    cfg = render_config(params.raw, args.experiment, args.params)
-    model_path = args.run_dir / "model.pt"
-    if not model_path.exists():
-        print(f"error: {model_path} not found: train this run first", file=sys.stderr)
-        return 1
-    torch.set_num_threads(args.threads or 1)
-    device = torch.device("cpu")
-    agent = build_agent(run_cfg, device)
-    agent.load_state_dict(load_checkpoint_file(model_path, map_location=device))
-    agent.eval()
-    exp = run_cfg.experiment
-    tasks = list(exp.tasks)
-    envs = mw.make_task_envs(tasks, run_cfg.seed, goal_mode=exp.goal_mode,
-                             max_episode_steps=run_cfg.env.max_episode_steps,
-                             reward_version=run_cfg.env.reward_version, vector_strategy="sync",
-                             stream=RENDER_STREAM)
-    out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    start = time.perf_counter()
-    videos = {}
-    try:
-        with torch.no_grad():
-            for i, task in enumerate(tasks):
-                videos[task] = render_task(envs.envs[i], i, agent, cfg, tmp / f"{task}.mp4")
-                print(f"{task}: {videos[task]['frames']} frames, success {videos[task]['success']}", flush=True)
-    finally:
-        envs.close()
-    index = {"experiment": exp.name, "method": args.method, "seed": args.seed, "stream": RENDER_STREAM,
-             "backend": backend, "camera": cfg.camera, "width": cfg.width, "height": cfg.height,
-             "frame_stride": cfg.frame_stride, "fps": cfg.fps, "tasks": tasks, "videos": videos}
-    atomic_write_json(tmp / "index.json", index)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    print(f"{args.experiment}/{args.method}/seed{args.seed}: {len(tasks)} videos ({backend}, "
-          f"{cfg.width}x{cfg.height}) in {time.perf_counter() - start:.1f} s -> {out}")
-    return 0

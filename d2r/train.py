@@ -1,4 +1,5 @@
-"""Training job: epochs of collection (one episode per task) then updates (spec section 5).
+"""Training: epochs of collection (one episode per task) then updates (spec section 5); the
+`train` job (d2r/jobs/train.py) runs it.
 
 Resumable: a checkpoint is written every `checkpoint_every` epochs at an epoch boundary,
 holding the agent, optimisers, replay buffer, step counters, every random state (python,
@@ -9,16 +10,14 @@ deletes a failed job's outputs).
 
 Graceful stop: on SIGTERM or SIGINT (Slurm's time limit, `kill`, Ctrl-C) the update in progress
 finishes, a checkpoint of the exact position (mid-epoch included) is written, one line says so,
-and the job exits with status 75 (EX_TEMPFAIL: run it again to continue). A second signal stops
-at once. Raising `epochs` of a finished run continues it from its last checkpoint.
+and Trainer.train raises Stopped (the job then exits with status 75, EX_TEMPFAIL: run it again
+to continue). A second signal stops at once. Raising `epochs` of a finished run continues it from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import random
 import shutil
 import signal
 import sys
@@ -31,82 +30,20 @@ import torch
 from tqdm import tqdm
 
 from d2r import envs as mw
-from d2r.agent import MultiTaskSAC, NonFiniteError
+from d2r.agent import NonFiniteError
+from d2r.build import build_agent, make_run_envs
 from d2r.checkpoint import checkpoint_files, load_latest_checkpoint, save_checkpoint, save_model
-from d2r.cli import add_run_arguments
 from d2r.collect import Collector
-from d2r.config import RunConfig, load_params
+from d2r.config import RunConfig
+from d2r.devices import resolve_device
 from d2r.evaluate import evaluate_agent
-from d2r.io import WriteError, append_text, atomic_write_bytes, atomic_write_json, dump_json
+from d2r.io import append_text, atomic_write_bytes, atomic_write_json, dump_json
 from d2r.live import LiveView
 from d2r.nets import parameter_count
 from d2r.provenance import code_version
 from d2r.replay import TaskReplayBuffer
-
-TRAIN_STREAM, EVAL_STREAM = 0, 1
-EXIT_NONFINITE, EXIT_STOPPED = 3, 75  # 75 = EX_TEMPFAIL: stopped by a signal, run again to continue
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: params.yaml device: cuda, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def build_agent(run: RunConfig, device: torch.device) -> MultiTaskSAC:
-    return MultiTaskSAC(run.method, run.sac, mw.STATE_DIM, mw.ACTION_DIM, len(run.experiment.tasks), device)
-
-
-def make_run_envs(run: RunConfig, stream: int):
-    """The run's task set as a vector env; `stream` separates training, evaluation, final evaluation."""
-    return mw.make_task_envs(list(run.experiment.tasks), run.seed, goal_mode=run.experiment.goal_mode,
-                             max_episode_steps=run.env.max_episode_steps, reward_version=run.env.reward_version,
-                             vector_strategy=run.env.vector_strategy, stream=stream)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _numpy_state() -> dict:
-    """numpy's global state as plain data (checkpoints hold no numpy objects: weights_only loading)."""
-    state = np.random.get_state(legacy=False)
-    state["state"] = {"key": state["state"]["key"].tolist(), "pos": int(state["state"]["pos"])}
-    return state
-
-
-def rng_state() -> dict:
-    state = {
-        "python": random.getstate(),
-        "numpy": _numpy_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
-                            "pos": numpy_state["state"]["pos"]}
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_python(value):
-    """Tuples from random.getstate() come back from torch.load as lists; random.setstate needs tuples."""
-    if isinstance(value, list):
-        return tuple(_to_python(v) for v in value)
-    return value
-
+from d2r.rundir import RunDir
+from d2r.seeding import EVAL_STREAM, TRAIN_STREAM, global_rng_state, restore_global_rng_state, seed_everything
 
 class JsonlLog:
     """A JSON-lines log kept in memory too: the checkpoints carry its records, and a resumed run
@@ -188,11 +125,12 @@ class Stopped(Exception):
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, out_dir: Path, progress: bool = True, stop: GracefulStop | None = None):
+    def __init__(self, run: RunConfig, out_dir: Path, progress: bool = True, stop: GracefulStop | None = None,
+                 device: torch.device | None = None):
         self.run, self.out_dir, self.progress = run, Path(out_dir), progress
         self.exp, self.budget = run.experiment, run.experiment.budget
         self.tasks = list(self.exp.tasks)
-        self.device = resolve_device(run.device)
+        self.device = device or resolve_device(run.device)  # the job passes the GPU it claimed
         self.config_json = dump_json(run.training_dict())
         self.stop = stop
         seed_everything(run.seed)
@@ -210,10 +148,12 @@ class Trainer:
         self.epoch, self.updates, self.wall_time = 0, 0, 0.0
         self.partial: EpochProgress | None = None  # the epoch a mid-epoch checkpoint stopped in
         self._epoch_start = 0.0
-        self.checkpoint_dir = self.out_dir / "checkpoints"
-        self.train_log = JsonlLog(self.out_dir / "train_log.jsonl")
-        self.eval_log = JsonlLog(self.out_dir / "eval_log.jsonl")
-        self.live = LiveView(self.out_dir / "tensorboard")  # `tensorboard --logdir results/E`
+        files = RunDir(self.out_dir)
+        self.run_files = files
+        self.checkpoint_dir = files.checkpoints
+        self.train_log = JsonlLog(files.train_log)
+        self.eval_log = JsonlLog(files.eval_log)
+        self.live = LiveView(files.tensorboard)  # `tensorboard --logdir results/E`
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state(self, progress: EpochProgress | None = None) -> dict:
@@ -225,7 +165,7 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "optimizers": self.agent.optimizer_state(),
             "replay": self.buffer.state_dict(),
-            "rng": rng_state(),
+            "rng": global_rng_state(),
             "collector_rng": self.collector.generator.get_state(),
             "env_rng": {"train": mw.get_rng_state(self.envs), "eval": mw.get_rng_state(self.eval_envs)},
             "logs": {"train": self.train_log.records, "eval": self.eval_log.records},
@@ -253,9 +193,7 @@ class Trainer:
         self.agent.load_state_dict(state["agent"])
         self.agent.load_optimizer_state(state["optimizers"])
         self.buffer.load_state_dict(state["replay"])
-        rng = state["rng"]
-        rng["python"] = _to_python(rng["python"])
-        set_rng_state(rng)
+        restore_global_rng_state(state["rng"])
         self.collector.generator.set_state(state["collector_rng"].cpu())
         mw.set_rng_state(self.envs, state["env_rng"]["train"])
         mw.set_rng_state(self.eval_envs, state["env_rng"]["eval"])
@@ -429,8 +367,8 @@ class Trainer:
         self.finish()
 
     def finish(self) -> None:
-        save_model(self.out_dir / "model.pt", self.agent.state_dict())
-        atomic_write_json(self.out_dir / "run.json", {
+        save_model(self.run_files.model, self.agent.state_dict())
+        atomic_write_json(self.run_files.run_info, {
             "config": self.run.training_dict(),
             "param_counts": {"policy": parameter_count(self.agent.policy), "q": parameter_count(self.agent.q1)},
             "epochs": self.epoch,
@@ -445,31 +383,3 @@ class Trainer:
         self.live.close()
         self.envs.close()
         self.eval_envs.close()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser)
-    parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model.pt)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args) -> int:
-    run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with GracefulStop() as stop:
-        trainer = Trainer(run_cfg, args.out, progress=not args.no_progress, stop=stop)
-        try:
-            trainer.train()
-        except NonFiniteError as err:
-            print(f"error: {trainer.nonfinite_message(err)}", file=sys.stderr)
-            return EXIT_NONFINITE
-        except Stopped as stopped:
-            print(stopped.describe(), file=sys.stderr)
-            return EXIT_STOPPED
-        except WriteError as err:
-            print(f"error: {err}; {trainer.last_checkpoint_note()}", file=sys.stderr)
-            return 1
-        finally:
-            trainer.live.close()
-    return 0

@@ -32,9 +32,9 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     """params.yaml with a one-task experiment and the untrained D2R policy of its seed 0 as model.pt."""
     import torch
 
+    from d2r.build import build_agent
     from d2r.checkpoint import save_model
     from d2r.config import load_params
-    from d2r.train import build_agent
 
     root = tmp_path_factory.mktemp("render")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())

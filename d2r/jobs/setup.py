@@ -21,18 +21,14 @@ training job starts. A device of ``cuda`` on a machine without CUDA is an error 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import os
-import platform
 import sys
 from typing import Any
 
-from d2r.config import ParamsError, load_params
+from d2r.config import load_params
+from d2r.devices import device_record
+from d2r.envs import make_task_envs
 from d2r.io import atomic_write_json
-from d2r.provenance import code_version
-
-#: distributions whose versions are recorded (the import name may differ; metadata is read).
-VERSIONED = ("torch", "mujoco", "metaworld", "gymnasium", "numpy", "snakemake", "dvc", "plotly", "d2r")
+from d2r.provenance import code_version, platform_info, versions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,57 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where to write environment.json")
 
 
-def package_version(name: str) -> str | None:
-    """Installed version of a distribution, or None when it is not installed."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONED:
-        out[name] = package_version(name)
-    return out
-
-
-def platform_info() -> dict[str, Any]:
-    return {
-        "system": platform.system(),
-        "release": platform.release(),
-        "machine": platform.machine(),
-        "platform": platform.platform(),
-        "python_implementation": platform.python_implementation(),
-        "cpu_count": os.cpu_count(),
-    }
-
-
-def resolve_device(requested: str) -> dict[str, Any]:
-    """`auto` -> cuda when torch sees a GPU, else cpu. `cuda` without a GPU is an error."""
-    import torch  # only here: the rest of setup does not need it
-
-    available = bool(torch.cuda.is_available())
-    if requested == "auto":
-        resolved = "cuda" if available else "cpu"
-    elif requested == "cuda" and not available:
-        raise ParamsError("device: cuda is requested but torch.cuda.is_available() is False on this machine "
-                          "(set device: auto or cpu in params.yaml)")
-    else:
-        resolved = requested
-    return {
-        "requested": requested,
-        "resolved": resolved,
-        "cuda_available": available,
-        "torch_cuda": torch.version.cuda,
-        "gpu_name": torch.cuda.get_device_name(0) if resolved == "cuda" else None,
-    }
-
-
 def task_set(params, experiment: str) -> dict[str, Any]:
     """Build the experiment's vector env once (sync), reset it, record its shapes, close it."""
-    from d2r.envs import make_task_envs
-
     exp = params.experiment(experiment)
     envs = make_task_envs(
         list(exp.tasks),
@@ -130,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "experiment": args.experiment,
         "versions": versions(),
         "platform": platform_info(),
-        "device": resolve_device(params.device),
+        "device": device_record(params.device),
         "task_set": task_set(params, args.experiment),
         "code": code_version(),
     }

@@ -1,0 +1,61 @@
+"""Seeds and random states of a run: the global generators, and the env streams.
+
+A run's envs draw from independent streams of its seed (d2r.envs seeds each task env from
+``(seed, task, stream)``); the stream numbers are named here, once.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+TRAIN_STREAM = 0        # training collection
+EVAL_STREAM = 1         # periodic evaluation during training
+FINAL_EVAL_STREAM = 2   # the evaluate job
+RENDER_STREAM = 3       # the render job's videos
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _numpy_state() -> dict:
+    """numpy's global state as plain data (checkpoints hold no numpy objects: weights_only loading)."""
+    state = np.random.get_state(legacy=False)
+    state["state"] = {"key": state["state"]["key"].tolist(), "pos": int(state["state"]["pos"])}
+    return state
+
+
+def global_rng_state() -> dict:
+    """python's, numpy's and torch's global generators (and CUDA's when present)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _tuples(value):
+    """Tuples from random.getstate() come back from torch.load as lists; random.setstate needs tuples."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def restore_global_rng_state(state: dict) -> None:
+    """Restore what `global_rng_state` returned (also after a round trip through a checkpoint)."""
+    random.setstate(_tuples(state["python"]))
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+                            "pos": numpy_state["state"]["pos"]}
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

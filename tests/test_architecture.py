@@ -1,0 +1,103 @@
+"""The package's structure: imports run one way, each job's sources are what it imports, and
+the parameters read without the simulator.
+
+Layers: config (tasks) -> envs / nets -> agent -> train / evaluate (library) -> jobs (d2r/jobs/,
+each job's add_arguments/run) -> cli. No module imports a layer above it, and the import graph of
+the package has no cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from d2r import sources
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ("setup", "train", "evaluate", "analyse", "render", "report", "bench")
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name."""
+    out = {}
+    for path in sorted((ROOT / "d2r").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    return {name: sources.imported(name, path, ROOT) for name, path in _modules().items()}
+
+
+def test_no_import_cycle_in_the_package():
+    graph = _graph()
+    state: dict[str, int] = {}   # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                cycle = path[path.index(dep):] + [dep] if dep in path else [node, dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_library_modules_do_not_import_the_jobs_or_the_cli():
+    for name, deps in _graph().items():
+        if name in ("d2r.cli", "d2r.__main__") or name.startswith("d2r.jobs"):
+            continue
+        upward = sorted(d for d in deps if d in ("d2r.cli", "d2r.__main__") or d.startswith("d2r.jobs"))
+        assert not upward, f"{name} imports {upward}"
+
+
+def test_the_cli_knows_every_job_module_and_no_other():
+    from d2r.cli import JOBS as CLI_JOBS
+
+    assert {module for module, _ in CLI_JOBS.values()} == {f"d2r.jobs.{j}" for j in JOBS}
+    on_disk = {p.stem for p in (ROOT / "d2r" / "jobs").glob("*.py")} - {"__init__", "arguments"}
+    assert on_disk == set(JOBS)
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_job_sources_hold_every_d2r_file_the_job_imports(job):
+    """What the job really loads (its module and what that imports at once) is among the
+    sources the rules list; the static list may hold more (imports inside functions)."""
+    code = ("import json, sys, d2r.cli, d2r.jobs." + job + "; "
+            "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
+            "if n.split('.')[0] == 'd2r' and getattr(m, '__file__', None))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(out.stdout.splitlines()[-1])}
+    listed = set(sources.job_sources(job))
+    assert loaded <= listed, f"{job} loads {sorted(loaded - listed)} that its sources leave out"
+    assert f"d2r/jobs/{job}.py" in listed and "d2r/cli.py" in listed
+
+
+def test_job_sources_separate_the_jobs():
+    train, setup, report = (set(sources.job_sources(j)) for j in ("train", "setup", "report"))
+    assert {"d2r/nets/module_stack.py", "d2r/agent.py", "d2r/params.schema.yaml"} <= train
+    # the benchmark, the reference network and the downstream jobs are not training's sources
+    assert not {f for f in train if f.startswith(("d2r/report", "d2r/bench", "d2r/nets/reference", "d2r/render"))}
+    assert not {f for f in setup if f.startswith(("d2r/nets", "d2r/agent", "d2r/train"))}
+    assert not {f for f in report if f.startswith(("d2r/nets", "d2r/agent", "d2r/envs", "d2r/train"))}
+    with pytest.raises(ValueError, match="no job module"):
+        sources.job_sources("no-such-job")
+
+
+def test_reading_the_parameters_imports_no_simulator_and_no_torch():
+    code = ("import sys; from d2r.config import load_params; p = load_params('params.yaml'); "
+            "assert p.experiment('mt10').tasks[0] == 'reach'; "
+            "print(sorted(m for m in ('mujoco', 'metaworld', 'gymnasium', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
