@@ -69,6 +69,23 @@ def test_task_names():
     assert (STATE_DIM, ACTION_DIM) == (39, 4)
 
 
+def test_task_lists_without_the_simulator_equal_meta_worlds():
+    """d2r.tasks writes the task lists out (the config reads them without importing mujoco):
+    they must stay Meta-World's, in its order, and so must the observation and action sizes."""
+    from metaworld.env_dict import MT10_V3, MT50_V3
+
+    from d2r import tasks
+
+    assert tasks.MT10_TASKS == tuple(n.removesuffix("-v3") for n in MT10_V3)
+    assert tasks.MT50_TASKS == tuple(n.removesuffix("-v3") for n in MT50_V3)
+    env = MT50_V3["reach-v3"]()
+    try:
+        assert env.action_space.shape == (tasks.ACTION_DIM,)
+        assert env.observation_space.shape == (tasks.STATE_DIM,)
+    finally:
+        env.close()
+
+
 def test_resolve_tasks():
     assert resolve_tasks("MT10") == list(MT10_TASKS)
     assert resolve_tasks("MT50", "all") == list(MT50_TASKS)
