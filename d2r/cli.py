@@ -17,7 +17,7 @@ JOBS = {
     "train": ("d2r.train", "train one (experiment, method, seed); resumes from its last checkpoint"),
     "evaluate": ("d2r.evaluate", "final rollouts with greedy routes: per-task success and return"),
     "analyse": ("d2r.analyse", "routing depth, modules used and edge frequency per task"),
-    "report": ("d2r.report", "self-contained HTML report and metrics JSON for one experiment"),
+    "report": ("d2r.jobs.report", "self-contained HTML report and metrics JSON for one experiment"),
     "render": ("d2r.render", "videos of greedy episodes of a trained policy, one per task (MuJoCo offscreen)"),
     "bench": ("d2r.bench", "throughput benchmarks: env steps/s, updates/s, FLOP/s"),
 }

@@ -187,7 +187,7 @@ def test_what_reruns(repo):
     assert planned(repo) == {}
 
     # A source file of one job only: that job (and what reads its outputs) re-runs, nothing else.
-    report_py = repo / "d2r" / "report.py"
+    report_py = repo / "d2r" / "jobs" / "report.py"
     original = report_py.read_text()
     report_py.write_text(original + "\n# an edit\n")
     assert planned(repo) == {"report": 1}
@@ -197,7 +197,7 @@ def test_what_reruns(repo):
     assert planned(repo) == {}
 
     # The report's statistics: the report only; the renderer: the videos and the report, no training.
-    for source, want in (("stats.py", {"report": 1}),
+    for source, want in (("report/stats.py", {"report": 1}),
                          ("render.py", {"render": 2, "report": 1} if not RENDERING.get("why") else {})):
         path = repo / "d2r" / source
         original = path.read_text()

@@ -164,16 +164,20 @@ def job_mem_mb(w) -> int:
 
 _CORE = ["d2r/__init__.py", "d2r/__main__.py", "d2r/cli.py", "d2r/config.py", "d2r/io.py",
          "d2r/params.schema.yaml"]
-# Training and evaluation import most of the package: all of it except the downstream jobs.
-_NOT_TRAINING = {"d2r/analyse.py", "d2r/report.py"}
+# Training and evaluation import most of the package: all of it except the downstream jobs
+# (the report's package d2r/report/ and its job d2r/jobs/report.py are not in these globs).
+_NOT_TRAINING = {"d2r/analyse.py"}
 _PACKAGE = sorted(set(glob("d2r/*.py") + glob("d2r/nets/*.py") + _CORE) - _NOT_TRAINING)
+# The report job: its entry point and the d2r.report package (besides d2r.config and d2r.io, in _CORE).
+_REPORT = ["d2r/jobs/__init__.py", "d2r/jobs/report.py"] + [
+    f"d2r/report/{name}.py" for name in ("__init__", "load", "stats", "metrics", "figures", "html", "videos", "page")]
 
 SOURCES = {
     "setup": sorted(set(_CORE + ["d2r/setup.py", "d2r/envs.py", "d2r/provenance.py"])),
     "train": _PACKAGE,
     "evaluate": _PACKAGE,
     "analyse": sorted(set(_CORE + ["d2r/analyse.py"])),
-    "report": sorted(set(_CORE + ["d2r/report.py"])),
+    "report": sorted(set(_CORE + _REPORT)),
 }
 for _step, _files in SOURCES.items():
     _missing = [f for f in _files if not os.path.exists(f)]
@@ -228,16 +232,13 @@ def report_inputs(w) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Report statistics and rollout videos (issue 17): the sources of the report and render jobs.
-# d2r/stats.py, report_stats.py and report_videos.py run in the report job only, d2r/render.py in
-# the render job only (workflow/rules/render.smk): none is a source of training or evaluation,
-# so editing them re-runs no training. Render runs the training package (agent, nets, envs).
-_REPORT_ONLY = ["d2r/stats.py", "d2r/report_stats.py", "d2r/report_videos.py"]
+# Rollout videos (issue 17): d2r/render.py runs in the render job only (workflow/rules/render.smk):
+# it is not a source of training or evaluation, so editing it re-runs no training. Render runs the
+# training package (agent, nets, envs).
 _RENDER_ONLY = ["d2r/render.py"]
 for _step in ("train", "evaluate"):
-    SOURCES[_step] = [f for f in SOURCES[_step] if f not in _REPORT_ONLY + _RENDER_ONLY]
-SOURCES["report"] = sorted(set(SOURCES["report"] + _REPORT_ONLY))
+    SOURCES[_step] = [f for f in SOURCES[_step] if f not in _RENDER_ONLY]
 SOURCES["render"] = sorted(set(SOURCES["train"] + _RENDER_ONLY))
-_missing = [f for f in _REPORT_ONLY + _RENDER_ONLY if not os.path.exists(f)]
+_missing = [f for f in _RENDER_ONLY if not os.path.exists(f)]
 if _missing:
-    raise WorkflowError(f"d2r sources of the report/render jobs are missing: {', '.join(_missing)}")
+    raise WorkflowError(f"d2r sources of the render job are missing: {', '.join(_missing)}")
