@@ -1,6 +1,6 @@
 """Shared fixtures: a small synthetic results tree written by hand, following the file contract
-of the train / evaluate jobs (see d2r/report.py and README "Outputs"), so that the analyse and
-report jobs can be tested without training anything."""
+of the train / evaluate jobs (see d2r/report/load.py and README "Outputs"), so that the analyse
+and report jobs can be tested without training anything."""
 
 from __future__ import annotations
 

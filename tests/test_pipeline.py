@@ -187,7 +187,7 @@ def test_what_reruns(repo):
     assert planned(repo) == {}
 
     # A source file of one job only: that job (and what reads its outputs) re-runs, nothing else.
-    report_py = repo / "d2r" / "report.py"
+    report_py = repo / "d2r" / "jobs" / "report.py"
     original = report_py.read_text()
     report_py.write_text(original + "\n# an edit\n")
     assert planned(repo) == {"report": 1}
@@ -200,7 +200,7 @@ def test_what_reruns(repo):
     # report only; the renderer the videos and the report; setup its record and the report that
     # shows it; a network module every job that builds a net, not setup; the benchmark nothing.
     videos = {"render": 2} if not RENDERING.get("why") else {}
-    for source, want in (("stats.py", {"report": 1}),
+    for source, want in (("report/stats.py", {"report": 1}),
                          ("render.py", {**videos, "report": 1}),
                          ("jobs/setup.py", {"setup": 1, "report": 1}),
                          ("nets/baselines.py", {"train": 2, "evaluate": 2, "analyse": 2, **videos, "report": 1}),

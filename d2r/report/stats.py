@@ -2,8 +2,8 @@
 
 Inputs are plain arrays of final success rates, ``scores[method]`` of shape [runs, tasks], and
 periodic-evaluation success, ``curves[method] = (env_steps [points], success [runs, tasks,
-points])``. Nothing here reads files or imports training code; `d2r.report` builds the arrays
-from the results and shows what this module returns.
+points])``. Nothing here reads files or imports training code; `d2r.report.metrics` builds the
+arrays from the results, and the report shows what this module returns.
 
 What is computed (all intervals: 95%, percentile method, stratified bootstrap over runs, i.e.
 runs are resampled within each task, as rliable does by default):

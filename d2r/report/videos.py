@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from d2r.report import ReportError, esc
+from d2r.report.html import esc
+from d2r.report.load import ReportError
 
 INDEX = "index.json"
 
@@ -84,7 +85,7 @@ def section(videos: dict[str, dict[str, Any]] | None, enabled: bool, methods: li
 
 # Plays each video while it is on screen (all of them where IntersectionObserver is missing),
 # marks a video data-played="yes" once its time has advanced, and reports decoding errors in the
-# page's error box (ERROR_HOOK in d2r/report.py).
+# page's error box (ERROR_HOOK in d2r/report/page.py).
 SCRIPT = """
 (function () {
   var vids = document.querySelectorAll("video.d2r-video");

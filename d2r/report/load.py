@@ -1,0 +1,110 @@
+"""The results tree of one experiment, read and checked into a `Data` object.
+
+Reads files only, never training code (no torch, no agent; d2r.config.load_params, which checks
+params.yaml, still imports d2r.envs and metaworld to resolve task names):
+
+    params.yaml                                 the experiment's methods, seeds, budget preset
+    results/{exp}/environment.json              versions, platform, device, task set (setup job)
+    results/{exp}/{method}/seed{s}/run.json     training config, parameter counts, wall time
+    results/{exp}/{method}/seed{s}/eval_log.jsonl   periodic evaluations during training
+    results/{exp}/{method}/seed{s}/eval.json    final evaluation (greedy routes)
+    results/{exp}/{method}/seed{s}/routes.json  routing analysis (analyse job)
+    results/{exp}/{method}/seed{s}/videos/      rollout videos of the first seed (render job;
+                                                read by d2r.report.videos)
+
+A file that is missing or breaks the contract (tasks that differ from environment.json's, a
+success rate outside [0, 1]) raises ReportError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from d2r.config import ExperimentConfig, MethodConfig, ParamsError, RenderConfig, load_params, render_config
+from d2r.io import read_json, read_jsonl
+
+
+class ReportError(ValueError):
+    """A results file is missing or does not follow the contract; the message names it."""
+
+
+class Data:
+    """Everything the report shows, read from the results tree."""
+
+    def __init__(self, experiment: str, config: ExperimentConfig, method_configs: dict[str, MethodConfig],
+                 exp_raw: dict, methods_raw: dict, environment: dict,
+                 runs: dict[str, dict[int, dict[str, Any]]], tasks: list[str], render: RenderConfig | None = None):
+        self.experiment = experiment
+        self.config = config                  # the experiment as d2r.config typed it
+        self.method_configs = method_configs  # method -> d2r.config.MethodConfig
+        self.methods = list(config.methods)
+        self.seeds = list(config.seeds)
+        # As written in params.yaml: the page shows these settings verbatim.
+        self.exp_raw = exp_raw
+        self.methods_raw = methods_raw
+        self.environment = environment
+        self.runs = runs            # runs[method][seed] = {"run", "eval_log", "eval", "routes"}
+        self.tasks = tasks
+        self.render = render        # d2r.config.RenderConfig of the experiment
+        self.videos: dict[str, dict[str, Any]] | None = None   # method -> index.json (d2r.report.videos)
+
+    def routed(self, method: str) -> bool:
+        return all(self.runs[method][s]["routes"].get("routed", False) for s in self.seeds)
+
+    @property
+    def routed_methods(self) -> list[str]:
+        return [m for m in self.methods if self.routed(m)]
+
+
+def check_rate(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0):
+        raise ReportError(f"{where}: expected a success rate in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _read(path: Path) -> Any:
+    if not path.exists():
+        raise ReportError(f"{path}: missing")
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON: {err}") from None
+
+
+def _read_run(d: Path, tasks: list[str]) -> dict[str, Any]:
+    """One run's files, checked against the task set."""
+    log_path = d / "eval_log.jsonl"
+    if not log_path.exists():
+        raise ReportError(f"{log_path}: missing")
+    r = {"run": _read(d / "run.json"), "eval_log": list(read_jsonl(log_path)),
+         "eval": _read(d / "eval.json"), "routes": _read(d / "routes.json")}
+    ev = r["eval"]
+    if list(ev["tasks"]) != tasks:
+        raise ReportError(f"{d / 'eval.json'}: tasks {ev['tasks']} differ from environment.json's {tasks}")
+    for t in tasks:
+        check_rate(ev["success"][t], f"{d / 'eval.json'}: success.{t}")
+    check_rate(ev["mean_success"], f"{d / 'eval.json'}: mean_success")
+    for i, rec in enumerate(r["eval_log"]):
+        check_rate(rec["mean_success"], f"{log_path} record {i}: mean_success")
+    return r
+
+
+def load(params_path: str | Path, experiment: str, results: str | Path) -> Data:
+    """The experiment's results; raises ParamsError for a bad params.yaml, ReportError for a bad tree."""
+    params = load_params(params_path)
+    if experiment not in params.experiments:
+        raise ReportError(f"{params_path}: no experiment {experiment!r}")
+    config = params.experiments[experiment]
+    results = Path(results)
+    environment = _read(results / "environment.json")
+    tasks = list(environment["task_set"]["tasks"])
+    runs = {m: {s: _read_run(results / m / f"seed{s}", tasks) for s in config.seeds} for m in config.methods}
+    try:
+        render = render_config(params.raw, experiment, str(params_path))
+    except (ParamsError, TypeError) as err:
+        raise ReportError(f"{params_path}: render settings: {err}") from None
+    return Data(experiment, config, {m: params.methods[m] for m in config.methods},
+                params.raw["experiments"][experiment], {m: params.raw["methods"][m] for m in config.methods},
+                environment, runs, tasks, render)
