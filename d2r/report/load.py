@@ -1,7 +1,7 @@
 """The results tree of one experiment, read and checked into a `Data` object.
 
-Reads files only, never training code (no torch, no agent; d2r.config.load_params, which checks
-params.yaml, still imports d2r.envs and metaworld to resolve task names):
+Reads files only, never training code (no torch, no agent, no simulator; the parameters come
+typed from d2r.config, which needs none of them):
 
     params.yaml                                 the experiment's methods, seeds, budget preset
     results/{exp}/environment.json              versions, platform, device, task set (setup job)
@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from d2r.config import ExperimentConfig, MethodConfig, ParamsError, RenderConfig, load_params, render_config
+from d2r import rundir
 from d2r.io import read_json, read_jsonl
+from d2r.rundir import RunDir
 
 
 class ReportError(ValueError):
@@ -73,19 +75,19 @@ def _read(path: Path) -> Any:
         raise ReportError(f"{path}: not valid JSON: {err}") from None
 
 
-def _read_run(d: Path, tasks: list[str]) -> dict[str, Any]:
+def _read_run(files: RunDir, tasks: list[str]) -> dict[str, Any]:
     """One run's files, checked against the task set."""
-    log_path = d / "eval_log.jsonl"
+    log_path = files.eval_log
     if not log_path.exists():
         raise ReportError(f"{log_path}: missing")
-    r = {"run": _read(d / "run.json"), "eval_log": list(read_jsonl(log_path)),
-         "eval": _read(d / "eval.json"), "routes": _read(d / "routes.json")}
-    ev = r["eval"]
+    r = {"run": _read(files.run_info), "eval_log": list(read_jsonl(log_path)),
+         "eval": _read(files.final_eval), "routes": _read(files.routes)}
+    ev, where = r["eval"], files.final_eval
     if list(ev["tasks"]) != tasks:
-        raise ReportError(f"{d / 'eval.json'}: tasks {ev['tasks']} differ from environment.json's {tasks}")
+        raise ReportError(f"{where}: tasks {ev['tasks']} differ from environment.json's {tasks}")
     for t in tasks:
-        check_rate(ev["success"][t], f"{d / 'eval.json'}: success.{t}")
-    check_rate(ev["mean_success"], f"{d / 'eval.json'}: mean_success")
+        check_rate(ev["success"][t], f"{where}: success.{t}")
+    check_rate(ev["mean_success"], f"{where}: mean_success")
     for i, rec in enumerate(r["eval_log"]):
         check_rate(rec["mean_success"], f"{log_path} record {i}: mean_success")
     return r
@@ -98,9 +100,10 @@ def load(params_path: str | Path, experiment: str, results: str | Path) -> Data:
         raise ReportError(f"{params_path}: no experiment {experiment!r}")
     config = params.experiments[experiment]
     results = Path(results)
-    environment = _read(results / "environment.json")
+    environment = _read(results / rundir.ENVIRONMENT)
     tasks = list(environment["task_set"]["tasks"])
-    runs = {m: {s: _read_run(results / m / f"seed{s}", tasks) for s in config.seeds} for m in config.methods}
+    runs = {m: {s: _read_run(RunDir(rundir.run_path(results, m, s)), tasks) for s in config.seeds}
+            for m in config.methods}
     try:
         render = render_config(params.raw, experiment, str(params_path))
     except (ParamsError, TypeError) as err:
