@@ -19,7 +19,7 @@ JOBS = {
     "analyse": ("d2r.analyse", "routing depth, modules used and edge frequency per task"),
     "report": ("d2r.report", "self-contained HTML report and metrics JSON for one experiment"),
     "render": ("d2r.render", "videos of greedy episodes of a trained policy, one per task (MuJoCo offscreen)"),
-    "bench": ("d2r.bench", "throughput benchmarks: env steps/s, updates/s, FLOP/s"),
+    "bench": ("d2r.jobs.bench", "throughput benchmarks: env steps/s, updates/s, FLOP/s"),
 }
 
 
