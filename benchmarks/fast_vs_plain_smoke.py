@@ -3,8 +3,8 @@
 For each seed, the smoke experiment's D2R run is trained twice from the same start:
   fast:  D2RNet (routed module stack, hand-written backward), fused Adam, and collection overlapped
          with updates;
-  plain: the bench's PlainD2RNet (spec section 1/2 written one module at a time, dense weights over
-         all candidate sources, torch.softmax), torch's per-tensor Adam, and collection in sequence;
+  plain: d2r.nets.reference.PlainD2RNet (spec sections 1-2 written one module at a time, dense weights
+         over all candidate sources, torch.softmax), torch's per-tensor Adam, and collection in sequence;
 then evaluated greedily (the final evaluation's env stream). Per metric it prints each seed, the
 mean and standard deviation over seeds of both, and z = (mean_fast - mean_plain) / standard error of
 that difference: |z| < 2 is "within seed noise". The two never agree bitwise after the first update
@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2r.bench import PlainD2RNet
+from d2r.bench import use_plain_networks
 from d2r.build import make_run_envs
 from d2r.config import load_params
 from d2r.evaluate import evaluate_agent
+from d2r.nets.reference import PlainD2RNet
 from d2r.seeding import FINAL_EVAL_STREAM
 from d2r.train import Trainer
 
@@ -43,10 +44,8 @@ def train_once(params, seed: int, fast: bool, episodes: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(run, Path(tmp), progress=False)
         if not fast:
-            agent = trainer.agent
-            for net in (agent.policy.net, agent.q1, agent.q2, agent.q1_target, agent.q2_target,
-                        trainer.collector.policy.net):
-                net.__class__ = PlainD2RNet  # same parameters, the plain forward pass
+            agent = use_plain_networks(trainer.agent)  # the same parameters, the plain forward pass
+            trainer.collector.policy.net = PlainD2RNet(trainer.collector.policy.net)
             for optim in (agent.policy_optim, agent.q_optim, agent.alpha_optim):
                 for group in optim.param_groups:
                     group["fused"] = False  # torch's per-tensor Adam loop

@@ -136,7 +136,7 @@ class MultiTaskSAC(nn.Module):
 
     @property
     def routed(self) -> bool:
-        return bool(getattr(self.policy.net, "routed", False))
+        return self.policy.net.routed
 
     def task_weights(self) -> torch.Tensor:
         """num_tasks * softmax(-log alpha): mean 1 over tasks, larger for tasks with smaller alpha."""

@@ -92,10 +92,6 @@ class MethodConfig:
     temperature: float = 1.0
     task_loss_weights: bool = True
 
-    @property
-    def routed(self) -> bool:
-        return self.net == "d2r"
-
 
 @dataclass(frozen=True)
 class ExperimentConfig:

@@ -1,5 +1,6 @@
-"""The benchmark's readable reference D2R update (`PlainD2RNet`, spec sections 1-2 written one
-module at a time) must stay equal to the fast update it measures against."""
+"""The benchmark's D2R update with the plain reference networks (d2r.nets.reference.PlainD2RNet,
+spec sections 1-2 written one module at a time) must stay equal to the fast update it measures
+against."""
 
 from pathlib import Path
 

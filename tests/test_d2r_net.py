@@ -1,8 +1,8 @@
 """Tests of the D2R network (spec sections 1 and 2) and of the route functions.
 
 Most tests use a small net (N=5 modules of width 8) and compare against values computed by
-hand or against `reference_forward`, a deliberately plain one-sample-at-a-time transcription
-of the spec's equations.
+hand or against the plain reference `d2r.nets.reference.PlainD2RNet` (the spec's equations
+written out) called one sample at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from d2r.nets import routes as R
 from d2r.nets.d2r import D2RNet
 from d2r.nets.module_stack import RoutedModuleStack
+from d2r.nets.reference import PlainD2RNet
 
 IN, OUT, T = 6, 3, 3
 SMALL = dict(encoder=(16, 12), num_modules=5, width=8, top_k=2, router_hidden=(10, 10))
@@ -69,79 +70,17 @@ def grads(net: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# A plain reference: one sample at a time, Python loops, the spec's equations as written
-# ----------------------------------------------------------------------------------------------
-
-
-def _linear(lin: nn.Linear, v: torch.Tensor) -> torch.Tensor:
-    return lin.weight @ v + lin.bias
-
-
-def _mlp(seq: nn.Sequential, v: torch.Tensor) -> torch.Tensor:
-    lins = [m for m in seq if isinstance(m, nn.Linear)]
-    for i, lin in enumerate(lins):
-        v = _linear(lin, v)
-        if i < len(lins) - 1:
-            v = torch.relu(v)
-    return v
-
-
-def reference_logits(net: D2RNet, x: torch.Tensor, t: int) -> list[torch.Tensor]:
-    h = _mlp(net.encoder, x)
-    c = torch.zeros(net.num_tasks, dtype=x.dtype)
-    c[t] = 1.0
-    e = _linear(net.task_embed, c)
-    z = _mlp(net.router, e * h)
-    chunks, start = [], 0
-    for node in range(1, net.num_modules + 1):
-        chunks.append(z[start : start + node])
-        start += node
-    return chunks
-
-
-def reference_greedy(net: D2RNet, x: torch.Tensor, t: int) -> list[list[int]]:
-    chunks = reference_logits(net, x, t)
-    rows = []
-    for chunk in chunks:
-        order = sorted(range(len(chunk)), key=lambda j: -float(chunk[j].detach()))
-        rows.append(order[: min(net.top_k, len(chunk))])
-    return rows
-
-
 def reference_forward(net: D2RNet, x, task, route, resrouting: bool) -> torch.Tensor:
-    outs = []
-    n_mod = net.num_modules
-    for b in range(x.shape[0]):
-        h = _mlp(net.encoder, x[b])
-        x0 = torch.relu(h)
-        chunks = reference_logits(net, x[b], int(task[b]))
-        y0 = torch.relu(_linear(net.layers[0], x0))
-        y, y_hat = [y0], [y0.detach()]
-        for node in range(1, n_mod + 1):
-            z = chunks[node - 1]
-            sources = [int(s) for s in route[b, node - 1] if s >= 0]
-            denom = sum(torch.exp(z[j]) for j in sources)
-            w = {j: torch.exp(z[j]) / denom for j in sources}
-            p = torch.exp(z.detach()) / torch.exp(z.detach()).sum()
-            m = {j: 1.0 if float(p[j]) > 1.0 / (node + 1) else 0.0 for j in sources}
-            if not resrouting:
-                x_in = sum(w[j] * y[j] for j in sources)
-                if node == n_mod:
-                    out_in = x_in
-                    break
-                y.append(torch.relu(_linear(net.layers[node], x_in)) + x_in)
-            else:
-                xt = sum(w[j] * (m[j] * y[j] + (1 - m[j]) * y_hat[j]) for j in sources)
-                if node == n_mod:
-                    out_in = xt
-                    break
-                r = sum(w[j] * y[j] for j in sources)
-                a = torch.relu(_linear(net.layers[node], xt))
-                y.append(a + r)
-                y_hat.append(a.detach() + r)
-        outs.append(_linear(net.head, out_in))
-    return torch.stack(outs)
+    """The plain reference's output, one sample at a time: nothing can mix samples."""
+    plain = PlainD2RNet(net)
+    return torch.cat([plain(x[b : b + 1], task[b : b + 1], route_mode="replayed", route=route[b : b + 1],
+                            resrouting=resrouting)[0] for b in range(x.shape[0])])
+
+
+def reference_greedy(net: D2RNet, x, task) -> list[torch.Tensor]:
+    """The plain reference's greedy route of each sample, one sample at a time: [1, N, K] each."""
+    plain = PlainD2RNet(net)
+    return [plain(x[b : b + 1], task[b : b + 1], route_mode="greedy")[1] for b in range(x.shape[0])]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,12 +251,12 @@ def test_greedy_route_is_topk_of_each_chunk():
     _, route = net(x, task, route_mode="greedy")
     chunks = net.router_logits(x, task)
     assert [c.shape[1] for c in chunks] == [1, 2, 3, 4, 5]
-    for b in range(16):
-        expected = reference_greedy(net, x[b], int(task[b]))
-        for n, sel in enumerate(expected, start=1):
-            assert route[b, n - 1, : len(sel)].tolist() == sel
-            # and the reference chunk equals router_logits' chunk
-            assert torch.allclose(chunks[n - 1][b], reference_logits(net, x[b], int(task[b]))[n - 1], atol=1e-6)
+    for b, expected in enumerate(reference_greedy(net, x, task)):
+        assert torch.equal(route[b : b + 1], expected)  # the k largest, in order, then -1
+        # and the reference's chunks equal router_logits' chunks
+        _, ref_chunks = PlainD2RNet(net).logit_chunks(x[b : b + 1], task[b : b + 1])
+        for n in range(1, 6):
+            assert torch.allclose(chunks[n - 1][b], ref_chunks[n - 1][0], atol=1e-6)
 
 
 def test_weights_are_softmax_of_selected_logits_by_hand():
@@ -442,9 +381,11 @@ def test_matches_plain_reference_outputs_and_gradients(mode, resrouting):
         resrouting=resrouting,
     )
     if mode == "greedy":
-        for b in range(12):
-            for n, sel in enumerate(reference_greedy(net, x[b], int(task[b])), start=1):
-                assert route[b, n - 1, : len(sel)].tolist() == sel
+        assert torch.equal(route, torch.cat(reference_greedy(net, x, task)))
+    if mode == "sampled":  # the reference draws the same route from the same random stream
+        torch.manual_seed(0)
+        _, ref_route = PlainD2RNet(net)(x, task, route_mode="sampled", temperature=torch.tensor([0.5, 1.0, 4.0]))
+        assert torch.equal(route, ref_route)
     g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=out.dtype)
     (out * g_out).sum().backward()
     fast = grads(net)
@@ -453,6 +394,8 @@ def test_matches_plain_reference_outputs_and_gradients(mode, resrouting):
     (ref * g_out).sum().backward()
     slow = grads(net)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    batched, _ = PlainD2RNet(net)(x, task, route_mode="replayed", route=route, resrouting=resrouting)
+    torch.testing.assert_close(batched, ref, rtol=1e-10, atol=1e-10)  # as the bench calls it
     for name in fast:
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-8, atol=1e-10, msg=name)
     if resrouting:  # the case exercised both kinds of edge

@@ -39,10 +39,13 @@ class MultiTaskNet(nn.Module):
     num_tasks: int
     in_dim: int
     out_dim: int
-    #: True when forward returns discrete routes (the replay buffer then stores them).
-    routed: bool = False
     #: route tensor shape (N, K) for routed networks, else None.
     route_shape: tuple[int, int] | None = None
+
+    @property
+    def routed(self) -> bool:
+        """True when forward returns discrete routes (the replay buffer then stores them)."""
+        return self.route_shape is not None
 
     def forward(
         self,

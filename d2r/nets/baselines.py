@@ -1,8 +1,8 @@
 """Baseline multi-task networks named by the D2R paper (spec section 6).
 
 All four follow :class:`d2r.nets.base.MultiTaskNet`: ``forward(x, task, ...) -> (out, None)``.
-None of them is routed (``routed = False``, ``route_shape = None``); the routing keyword
-arguments (``route_mode``, ``route``, ``temperature``, ``resrouting``) are accepted and ignored.
+None of them is routed (``route_shape = None``); the routing keyword arguments
+(``route_mode``, ``route``, ``temperature``, ``resrouting``) are accepted and ignored.
 Each network builds the task one-hot itself from ``task`` ([B] int64).
 
 The same class serves the SAC policy (``in_dim = 39`` state, ``out_dim = 2 * 4`` mean and
@@ -38,6 +38,7 @@ from torch import nn
 
 from d2r.nets import init as inits
 from d2r.nets.base import MultiTaskNet, RouteMode
+from d2r.nets.mlp import mlp
 
 __all__ = [
     "MTSACNet",
@@ -45,26 +46,12 @@ __all__ = [
     "MixtureOfExpertsNet",
     "SoftModularNet",
     "parameter_count",
-    "mlp",
 ]
 
 
 def parameter_count(net: nn.Module, *, trainable_only: bool = True) -> int:
     """Number of (trainable, by default) scalar parameters of `net`."""
     return int(sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only))
-
-
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None) -> nn.Sequential:
-    """Linear+ReLU for each width in `hidden`; then, if `out_dim` is given, a final Linear
-    without activation. With `out_dim=None` the last hidden layer keeps its ReLU."""
-    layers: list[nn.Module] = []
-    d = in_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.ReLU()]
-        d = h
-    if out_dim is not None:
-        layers.append(nn.Linear(d, out_dim))
-    return nn.Sequential(*layers)
 
 
 def _linear_init(fan_in: int, shape: Sequence[int]) -> torch.Tensor:
@@ -82,10 +69,7 @@ def _check_task(task: torch.Tensor, x: torch.Tensor, num_tasks: int) -> None:
 
 
 class _Baseline(MultiTaskNet):
-    """Common bookkeeping of the non-routed baselines."""
-
-    routed = False
-    route_shape = None
+    """Common bookkeeping of the non-routed baselines (route_shape None: not routed)."""
 
     def __init__(self, in_dim: int, out_dim: int, num_tasks: int, init: str) -> None:
         super().__init__()
@@ -133,7 +117,7 @@ class MTSACNet(_Baseline):
     ) -> None:
         super().__init__(in_dim, out_dim, num_tasks, init)
         self.hidden = tuple(int(h) for h in hidden)
-        self.net = mlp(in_dim + num_tasks, self.hidden, out_dim)
+        self.net = mlp([in_dim + num_tasks, *self.hidden, out_dim], activate_last=False)
         if init == "release":
             inits.release_linears_(self, last=[self.net[-1]])
 
@@ -167,7 +151,7 @@ class MultiHeadNet(_Baseline):
         self.hidden = tuple(int(h) for h in hidden)
         if not self.hidden:
             raise ValueError("MultiHeadNet needs at least one hidden layer")
-        self.trunk = mlp(in_dim + num_tasks, self.hidden)  # ends with ReLU
+        self.trunk = mlp([in_dim + num_tasks, *self.hidden], activate_last=True)  # the heads read its ReLU
         h = self.hidden[-1]
         self.head_weight = nn.Parameter(_linear_init(h, (num_tasks, h, out_dim)))
         self.head_bias = nn.Parameter(_linear_init(h, (num_tasks, out_dim)))
@@ -334,18 +318,11 @@ class SoftModularNet(_Baseline):
         self.output_routing = bool(output_routing)
 
         # f(s): ReLU between layers, none after the last
-        self.encoder = mlp(in_dim, encoder[:-1], encoder[-1])
+        self.encoder = mlp([in_dim, *encoder], activate_last=False)
         # h(z)
         self.task_embed = nn.Linear(num_tasks, embed_dim)
         # routing trunk (applied to ReLU(f(s) * h(z)))
-        trunk: list[nn.Module] = []
-        d = embed_dim
-        for i in range(routing_layers):
-            if i > 0:
-                trunk.append(nn.ReLU())
-            trunk.append(nn.Linear(d, R))
-            d = R
-        self.routing_trunk = nn.Sequential(*trunk)
+        self.routing_trunk = mlp([embed_dim] + [R] * routing_layers, activate_last=False)
 
         nn2 = n * n
         n_mats = self.num_layers - 1

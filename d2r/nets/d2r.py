@@ -19,6 +19,7 @@ The forward pass loops over the N modules (inherent: module n needs modules < n)
 batched over samples: `module_stack.RoutedModuleStack` keeps the module outputs in one buffer,
 gathers and mixes the K selected rows of every sample with embedding_bag, and has a hand-written backward
 (spec sections 1 and 2; see that module for why and for the ResRouting gradient).
+`reference.PlainD2RNet` is the same network written plainly, for the tests and the bench.
 """
 
 from __future__ import annotations
@@ -32,18 +33,15 @@ from torch import nn
 from d2r.nets import init as inits
 from d2r.nets import routes as R
 from d2r.nets.base import MultiTaskNet, RouteMode
+from d2r.nets.mlp import mlp
 from d2r.nets.module_stack import RoutedModuleStack
 
 
-def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None) -> nn.Sequential:
-    """Linear layers with ReLU between them; no activation after the last layer."""
-    dims = [in_dim, *hidden] + ([out_dim] if out_dim is not None else [])
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        if i > 0:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(a, b))
-    return nn.Sequential(*layers)
+def _softmax(sel: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, written out: torch.softmax over a last dim of K = 2 is ~3x
+    slower on CPU. The shift by the (detached) max changes nothing but the range of exp."""
+    e = (sel - sel.detach().amax(dim=-1, keepdim=True)).exp()
+    return e / e.sum(dim=-1, keepdim=True)
 
 
 class D2RNet(MultiTaskNet):
@@ -61,8 +59,6 @@ class D2RNet(MultiTaskNet):
                        route_mode / temperature / resrouting are ignored and no router or task
                        embedding is built (the task then enters the net only through x).
     """
-
-    routed = True
 
     def __init__(
         self,
@@ -89,11 +85,10 @@ class D2RNet(MultiTaskNet):
         self.in_dim, self.out_dim, self.num_tasks = in_dim, out_dim, num_tasks
         self.num_modules, self.width, self.top_k = num_modules, width, top_k
         self.fixed_depth = fixed_depth
-        self.routed = True
         self.route_shape = (num_modules, top_k)
         emb = encoder[-1]
 
-        self.encoder = _mlp(in_dim, encoder[:-1], emb)
+        self.encoder = mlp([in_dim, *encoder], activate_last=False)
         self.layers = nn.ModuleList(
             [nn.Linear(emb, width)] + [nn.Linear(width, width) for _ in range(num_modules - 1)]
         )
@@ -103,7 +98,7 @@ class D2RNet(MultiTaskNet):
             self.router = None
         else:
             self.task_embed = nn.Linear(num_tasks, emb)
-            self.router = _mlp(emb, router_hidden, R.num_edges(num_modules))
+            self.router = mlp([emb, *router_hidden, R.num_edges(num_modules)], activate_last=False)
         if init == "release":  # the router's logit layer too: the release gives it basic_init
             inits.release_linears_(self, last=[self.head])
 
@@ -203,14 +198,7 @@ class D2RNet(MultiTaskNet):
         chunk_start = self._logit_index[:, :1]  # [N, 1] flat position of node n's edge from module 0
         position = (chunk_start + route.clamp(min=0)).view(route.shape[0], -1)
         sel = z.gather(1, position).view_as(route).masked_fill(self._pad, float("-inf"))
-        return self._softmax(sel)
-
-    @staticmethod
-    def _softmax(sel: torch.Tensor) -> torch.Tensor:
-        """Softmax over the last dim, written out: torch.softmax over a last dim of K = 2 is ~3x
-        slower on CPU. The shift by the (detached) max changes nothing but the range of exp."""
-        e = (sel - sel.detach().amax(dim=-1, keepdim=True)).exp()
-        return e / e.sum(dim=-1, keepdim=True)
+        return _softmax(sel)
 
     def trusted_mask(self, zsq: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         """[B, N, K] bool ResRouting mask m = 1[p_j > 1/(c+1)], p = full softmax of the chunk."""
@@ -249,32 +237,22 @@ class D2RNet(MultiTaskNet):
         zsq = self._square(z.detach())  # only for the selection and the ResRouting mask
         route = self.select_route(z, zsq, task, route_mode, route, temperature, generator)
         w = self.route_weights(z, route)
-        if resrouting:
-            out_in = self._modules_resrouting(x0, route, w, self.trusted_mask(zsq, route))
-        else:
-            out_in = self._modules_plain(x0, route, w)
-        return self.head(out_in), route
+        trusted = self.trusted_mask(zsq, route) if resrouting else None
+        return self.head(self._module_stack(x0, route, w, trusted)), route
 
-    def _modules_plain(self, x0: torch.Tensor, route: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Spec section 1; returns the output node's input sum_{j in S^out} w_j y_j."""
-        return self._module_stack(x0, route, w, None)
-
-    def _modules_resrouting(
-        self, x0: torch.Tensor, route: torch.Tensor, w: torch.Tensor, trusted: torch.Tensor
-    ) -> torch.Tensor:
-        """Spec section 2: an ordinary stream y and a frozen stream y_hat.
+    def _module_stack(self, x0, route, w, trusted) -> torch.Tensor:
+        """The output node's input sum_{j in S^out} w_j y_j (spec section 1), or with the trust
+        mask `trusted` ResRouting's (spec section 2), an ordinary stream y and a frozen one y_hat:
 
             xt_n    = sum_j w_j [ m_j y_j + (1 - m_j) y_hat_j ]
             r_n     = sum_j w_j y_j
             y_n     = ReLU(W_n xt_n + b_n) + r_n
             y_hat_n = sg(ReLU(W_n xt_n + b_n)) + r_n          (y_hat_0 = sg(y_0))
             out_in  = sum_j w_j [ m_j y_j + (1 - m_j) y_hat_j ]
-        """
-        return self._module_stack(x0, route, w, trusted)
 
-    def _module_stack(self, x0, route, w, trusted) -> torch.Tensor:
-        """Modules 0..N-1 and the output node's mix; modules 1.. run in `RoutedModuleStack`."""
+        Module 0 here; modules 1.. and the output node's mix in `RoutedModuleStack`.
+        """
         y0 = F.relu(self.layers[0](x0))
-        routed = list(self.layers)[1:]  # slicing the ModuleList builds a new one each time
-        params = [layer.weight for layer in routed] + [layer.bias for layer in routed]
+        stacked = list(self.layers)[1:]  # slicing the ModuleList builds a new one each time
+        params = [layer.weight for layer in stacked] + [layer.bias for layer in stacked]
         return RoutedModuleStack.apply(y0, w, route, trusted, torch.is_grad_enabled(), *params)
