@@ -63,6 +63,9 @@ class D2RNet(MultiTaskNet):
     """
 
     routed = True
+    #: the module stack without host reads and with static shapes (set by an agent whose update
+    #: runs with cuda_graphs on); the default pulls gradients, with one host read per backward
+    capturable = False
 
     def __init__(
         self,
@@ -277,4 +280,4 @@ class D2RNet(MultiTaskNet):
         y0 = F.relu(self.layers[0](x0))
         routed = list(self.layers)[1:]  # slicing the ModuleList builds a new one each time
         params = [layer.weight for layer in routed] + [layer.bias for layer in routed]
-        return RoutedModuleStack.apply(y0, w, route, trusted, torch.is_grad_enabled(), *params)
+        return RoutedModuleStack.apply(y0, w, route, trusted, torch.is_grad_enabled(), self.capturable, *params)
