@@ -127,9 +127,11 @@ class JsonlLog:
 
 
 def _comparable(config_json: str) -> dict:
-    """A run's training configuration without `epochs`: raising it continues the run."""
+    """A run's training configuration without `epochs`: raising it continues the run. A run
+    checkpointed before `train.cuda_graphs` existed had its default (auto: off then everywhere)."""
     config = json.loads(config_json)
     config["experiment"]["budget"].pop("epochs")
+    config["sac"].setdefault("cuda_graphs", "auto")
     return config
 
 
@@ -249,7 +251,9 @@ class Trainer:
                 shutil.rmtree(self.checkpoint_dir)
                 return False
             old = json.loads(state["config"])["experiment"]["budget"]["epochs"]
-            print(f"continuing the run of {old} epochs to {self.budget.epochs} epochs (epochs raised)", file=sys.stderr)
+            if old != self.budget.epochs:
+                print(f"continuing the run of {old} epochs to {self.budget.epochs} epochs (epochs raised)",
+                      file=sys.stderr)
         self.epoch, self.updates, self.wall_time = state["epoch"], state["updates"], state["wall_time"]
         self.agent.load_state_dict(state["agent"])
         self.agent.load_optimizer_state(state["optimizers"])

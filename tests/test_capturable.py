@@ -6,6 +6,7 @@ checks name at once: the first failing update, its network, parameter and tasks.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -160,3 +161,12 @@ def test_device_side_checks_number_updates_from_the_last_read():
     agent.update(buf.sample(8))  # fails too (the NaN hook stays): the first fault counts
     err = agent.pop_fault()
     assert (err.update, err.quantity, err.network) == (2, "gradient", "q1")
+
+
+def test_a_checkpoint_from_before_the_cuda_graphs_key_still_resumes():
+    from d2r.train import _comparable
+
+    new = {"experiment": {"budget": {"epochs": 6}}, "sac": {"gamma": 0.99, "cuda_graphs": "auto"}}
+    old = {"experiment": {"budget": {"epochs": 6}}, "sac": {"gamma": 0.99}}
+    assert _comparable(json.dumps(old)) == _comparable(json.dumps(new))
+    assert _comparable(json.dumps(old)) != _comparable(json.dumps({**new, "sac": {"gamma": 0.99, "cuda_graphs": "on"}}))
