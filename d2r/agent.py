@@ -2,6 +2,15 @@
 
 The agent works with any d2r.nets.MultiTaskNet; routing arguments are simply ignored by
 networks that do not route. All tensors of an update stay on the agent's device.
+
+The update runs in one of three modes (`sac.cuda_graphs`, resolve_cuda_graphs):
+- off: as written, with two host reads per update (the NaN/Inf checks), which raise
+  NonFiniteError in the update that fails;
+- eager (`on` on a CPU): the same update without any host read: each check records on the device
+  the first failing update's number and what failed (network, parameter, tasks), and the trainer
+  reads that record once per epoch (pop_fault); the D2R module stack runs its capturable variant;
+- graph (`on` on CUDA): the eager mode's update captured once as a CUDA graph and replayed
+  (d2r.cuda_graph), with capturable optimisers.
 """
 
 from __future__ import annotations
@@ -21,13 +30,32 @@ from d2r.replay import Batch
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
+#: what `cuda_graphs: auto` means on a CUDA device: False (off) until benchmarks/gpu_check.sh has
+#: measured the CUDA-graph update faster there. On a CPU auto is always off.
+AUTO_CUDA_GRAPHS = False
+
+
+def resolve_cuda_graphs(setting: str, device: torch.device | str) -> str:
+    """`sac.cuda_graphs` (auto | on | off) on `device` -> the update mode: off, eager or graph."""
+    device = torch.device(device)
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"cuda_graphs must be auto, on or off, got {setting!r}")
+    on = setting == "on" or (setting == "auto" and device.type == "cuda" and AUTO_CUDA_GRAPHS)
+    if not on:
+        return "off"
+    return "graph" if device.type == "cuda" else "eager"
+
 
 class NonFiniteError(FloatingPointError):
     """A NaN or Inf found in an update: the quantity, the network and, where known, the tasks (indices)."""
 
-    def __init__(self, quantity: str, network: str, tasks=(), detail: str = "", during_update: bool = True):
+    def __init__(self, quantity: str, network: str, tasks=(), detail: str = "", during_update: bool = True,
+                 update: int | None = None):
         self.quantity, self.network, self.tasks, self.detail = quantity, network, tuple(tasks), detail
         self.during_update = during_update
+        #: found after the fact (checks kept on the device): the failing update's number, counted
+        #: from the first update after the record was last read (MultiTaskSAC.pop_fault)
+        self.update = update
         super().__init__(self.describe())
 
     def describe(self, task_names=None) -> str:
@@ -122,17 +150,39 @@ class MultiTaskSAC(nn.Module):
         self.register_buffer("temperature", torch.full((num_tasks,), float(method.temperature)))
         self.to(device)
         self.device = torch.device(device)
+        self.update_mode = resolve_cuda_graphs(sac.cuda_graphs, self.device)
+        for module in (self.policy.net, self.q1, self.q2, self.q1_target, self.q2_target):
+            if hasattr(type(module), "capturable"):  # D2R's module stack (the baselines have no host reads)
+                module.capturable = self.deferred_checks
 
         # fused: one vectorised kernel per tensor (CPU and CUDA); the default on a CPU is a Python
-        # loop of ~10 ops per tensor, ~1,300 ops per D2R update
-        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=sac.lr, fused=True)
-        self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=sac.lr, fused=True)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha, fused=True)
+        # loop of ~10 ops per tensor, ~1,300 ops per D2R update. capturable: required by a CUDA
+        # graph's capture (the fused kernels keep their step counts on the device anyway)
+        adam = dict(fused=True, capturable=self.update_mode == "graph")
+        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=sac.lr, **adam)
+        self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=sac.lr, **adam)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha, **adam)
         self.refresh_temperature()
         # Per task, updates whose losses dropped the task: [non-finite, over the threshold]. Not
         # state: the trainer reads and clears it every epoch (pop_skipped), before checkpointing.
         self._skipped = torch.zeros(2, num_tasks, dtype=torch.long, device=self.device)
         self._trained = [*self.policy.parameters(), *self.q1.parameters(), *self.q2.parameters(), self.log_alpha]
+        # Checks kept on the device (eager and graph modes; read and cleared by pop_fault): updates
+        # since the last read, and the first fault among them: [its update (1-based, 0 = none),
+        # its check site, its index in that site's list of what _fault would name], and its tasks.
+        self._update_count = torch.zeros((), dtype=torch.long, device=self.device)
+        self._fault_record = torch.zeros(3, dtype=torch.long, device=self.device)
+        self._fault_tasks = torch.zeros(num_tasks, dtype=torch.bool, device=self.device)
+        self._fault_sites: dict[tuple, int] = {}  # a check site's list of faults -> its number (in order)
+        self._checked = [(group, name, p) for group, params in
+                         self._named("policy", "q1", "q2", "q1_target", "q2_target", "alpha").items()
+                         for name, p in params]
+        self._graphed = None  # the CUDA graph of the update (graph mode), made at the first update
+
+    @property
+    def deferred_checks(self) -> bool:
+        """The update has no host reads: its NaN/Inf checks are read once per epoch (pop_fault)."""
+        return self.update_mode != "off"
 
     @property
     def routed(self) -> bool:
@@ -219,6 +269,57 @@ class MultiTaskSAC(nn.Module):
             out["alpha"] = [("log_alpha", self.log_alpha)]
         return out
 
+    def _note_fault(self, norms: dict[str, torch.Tensor], terms: dict[str, torch.Tensor],
+                    loss: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> None:
+        """_check and _fault on the device, without a host read: when this check fails and no
+        earlier update has failed since the last pop_fault, record this update's number and what
+        _fault would name (the same order: a parameter, then a loss of the kept tasks, then a
+        gradient with the tasks whose own term was not finite, else the value).
+
+        Before a step (`loss` given) the check fails on a non-finite gradient norm or loss; after
+        the steps (no `loss`) on a non-finite parameter."""
+        # p * 0 is NaN exactly where p is NaN or Inf, and so is its norm (a norm of p could overflow)
+        zeros = torch._foreach_mul([p.detach() for *_, p in self._checked], 0.0)
+        param_bad = ~torch.isfinite(torch.stack(torch._foreach_norm(zeros)))
+        faults = [("parameter", group, name) for group, name, _ in self._checked]
+        no_tasks = torch.zeros_like(self._fault_tasks)
+        if loss is None:
+            failed, flags, tasks = param_bad.any(), param_bad, no_tasks
+        else:
+            failed = ~torch.isfinite(torch.stack([*norms.values(), loss])).all()
+            loss_bad = [~torch.isfinite(torch.where(keep, v, 0.0)).all() for v in terms.values()]
+            grad_bad = [~torch.isfinite(norm) for norm in norms.values()]
+            flags = torch.cat([param_bad, torch.stack([*loss_bad, *grad_bad, failed])])  # "value": the rest
+            faults += [("loss", name, "") for name in terms] + [("gradient", name, "") for name in norms]
+            faults.append(("value", "/".join(norms) or "update", ""))
+        which = flags.to(torch.int32).argmax()  # the first True (argmax gives the first maximum)
+        if loss is not None:
+            first_gradient = len(self._checked) + len(terms)
+            grad_tasks = torch.stack([~torch.isfinite(terms[name]) if name in terms else no_tasks for name in norms])
+            row = (which - first_gradient).clamp(0, len(norms) - 1).view(1)
+            tasks = grad_tasks.index_select(0, row)[0]  # used when the fault is a gradient's
+        site = self._fault_sites.setdefault(tuple(faults), len(self._fault_sites))
+        new = failed & (self._fault_record[0] == 0)
+        entry = torch.stack([self._update_count, torch.full_like(which, site, dtype=torch.long), which.long()])
+        self._fault_record.copy_(torch.where(new, entry, self._fault_record))
+        self._fault_tasks.copy_(torch.where(new, tasks, self._fault_tasks))
+
+    def pop_fault(self) -> NonFiniteError | None:
+        """The first fault the device-side checks recorded since the last call (one host read),
+        with `update` its number among the updates since then; the record and count are cleared.
+        None when there was none, and always in the off mode (its checks raise at once)."""
+        if not self.deferred_checks:
+            return None
+        at, site, which = self._fault_record.tolist()
+        tasks = torch.nonzero(self._fault_tasks).flatten().tolist()
+        self._fault_record.zero_()
+        self._fault_tasks.zero_()
+        self._update_count.zero_()
+        if not at:
+            return None
+        quantity, network, detail = list(self._fault_sites)[site][which]
+        return NonFiniteError(quantity, network, tasks if quantity == "gradient" else (), detail, update=at)
+
     def pop_skipped(self) -> dict[str, list[int]]:
         """Per task, updates since the last call whose losses dropped it (one host sync); then cleared."""
         counts = self._skipped.tolist()
@@ -280,12 +381,29 @@ class MultiTaskSAC(nn.Module):
 
     def _check(self, norms: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], loss: torch.Tensor,
                keep: torch.Tensor) -> None:
-        """No step on a bad gradient or loss: one host synchronisation."""
-        if not _all_finite([*norms.values(), loss.detach()]):
+        """No step on a bad gradient or loss: one host synchronisation. With deferred checks, no
+        host read: the fault is recorded on the device (the step is taken; the epoch is dropped)."""
+        if self.deferred_checks:
+            self._note_fault(norms, {k: v.detach() for k, v in terms.items()}, loss.detach(), keep)
+        elif not _all_finite([*norms.values(), loss.detach()]):
             raise self._fault(norms, {k: v.detach() for k, v in terms.items()}, keep)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One multi-task SAC step (spec section 4), in `sac.update_order`. Returns detached diagnostics."""
+        """One multi-task SAC step (spec section 4), in `sac.update_order`. Returns detached diagnostics.
+
+        In graph mode (cuda_graphs on, on CUDA) the step is the replay of a CUDA graph of _update
+        (d2r.cuda_graph.GraphedUpdate): the batch is copied into its static inputs."""
+        if self.update_mode == "graph":
+            if self._graphed is None:
+                from d2r.cuda_graph import GraphedUpdate
+
+                self._graphed = GraphedUpdate(self._update)
+            return self._graphed(batch)
+        return self._update(batch)
+
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.deferred_checks:
+            self._update_count += 1
         batch, data_ok = self._finite_batch(batch)
         alpha = self.log_alpha.exp().detach()[batch.task]          # [B]
         optims = (self.q_optim, self.policy_optim, self.alpha_optim)
@@ -328,8 +446,10 @@ class MultiTaskSAC(nn.Module):
                 torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), self.sac.tau)
         self.refresh_temperature()
         # Parameters after the steps: one fused norm per trained tensor (a NaN/Inf makes it non-finite),
-        # one host sync.
-        if not _all_finite(torch._foreach_norm(self._trained)):
+        # one host sync; or the same check on the device.
+        if self.deferred_checks:
+            self._note_fault({}, {})
+        elif not _all_finite(torch._foreach_norm(self._trained)):
             raise self._fault({}, {})
         with torch.no_grad():
             self._skipped += torch.stack([~finite, finite & ~keep])
@@ -351,6 +471,7 @@ class MultiTaskSAC(nn.Module):
         }
 
     def load_optimizer_state(self, state: dict) -> None:
+        self._graphed = None  # the optimisers' state tensors are replaced: a graph would use the old ones
         self.policy_optim.load_state_dict(state["policy"])
         self.q_optim.load_state_dict(state["q"])
         self.alpha_optim.load_state_dict(state["alpha"])

@@ -48,6 +48,12 @@ class SACConfig:
     bootstrap_on_truncation: bool
     overlap_collection: bool
     update_order: str             # joint (the release: every loss from the pre-step parameters) | sequential
+    cuda_graphs: str = "auto"     # auto | on | off: the update without host reads, as a CUDA graph on CUDA
+                                  # (d2r.agent.resolve_cuda_graphs); YAML's bare on/off (booleans) accepted
+
+    def __post_init__(self):
+        if isinstance(self.cuda_graphs, bool):  # YAML 1.1 reads a bare `on` / `off` as true / false
+            object.__setattr__(self, "cuda_graphs", "on" if self.cuda_graphs else "off")
 
 
 @dataclass(frozen=True)

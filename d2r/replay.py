@@ -67,7 +67,11 @@ class TaskReplayBuffer:
     def sample(self, batch_per_task: int) -> Batch:
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        idx = torch.from_numpy(self.rng.integers(0, self.size, size=(self.num_tasks, batch_per_task))).to(self.device)
+        idx = torch.from_numpy(self.rng.integers(0, self.size, size=(self.num_tasks, batch_per_task)))
+        if self.device.type == "cuda":  # from pinned memory, a copy that does not wait for the GPU
+            idx = idx.pin_memory().to(self.device, non_blocking=True)
+        else:
+            idx = idx.to(self.device)
         rows = torch.arange(self.num_tasks, device=self.device).unsqueeze(1).expand_as(idx)
 
         def take(x):

@@ -64,9 +64,11 @@ class JsonlLog:
 
 
 def _comparable(config_json: str) -> dict:
-    """A run's training configuration without `epochs`: raising it continues the run."""
+    """A run's training configuration without `epochs`: raising it continues the run. A run
+    checkpointed before `train.cuda_graphs` existed had its default (auto: off then everywhere)."""
     config = json.loads(config_json)
     config["experiment"]["budget"].pop("epochs")
+    config["sac"].setdefault("cuda_graphs", "auto")
     return config
 
 
@@ -146,6 +148,7 @@ class Trainer:
         self.collector = Collector(self.agent, self.envs, self.device, seed=run.seed,
                                    cut_on_truncation=not run.sac.bootstrap_on_truncation)
         self.epoch, self.updates, self.wall_time = 0, 0, 0.0
+        self.checked_updates = 0  # updates whose device-side checks have been read (cuda_graphs on)
         self.partial: EpochProgress | None = None  # the epoch a mid-epoch checkpoint stopped in
         self._epoch_start = 0.0
         files = RunDir(self.out_dir)
@@ -188,7 +191,9 @@ class Trainer:
                 shutil.rmtree(self.checkpoint_dir)
                 return False
             old = json.loads(state["config"])["experiment"]["budget"]["epochs"]
-            print(f"continuing the run of {old} epochs to {self.budget.epochs} epochs (epochs raised)", file=sys.stderr)
+            if old != self.budget.epochs:
+                print(f"continuing the run of {old} epochs to {self.budget.epochs} epochs (epochs raised)",
+                      file=sys.stderr)
         self.epoch, self.updates, self.wall_time = state["epoch"], state["updates"], state["wall_time"]
         self.agent.load_state_dict(state["agent"])
         self.agent.load_optimizer_state(state["optimizers"])
@@ -219,6 +224,7 @@ class Trainer:
             return
         if self.collector.busy:
             self._join_collection(progress)
+        self.check_deferred_faults()  # no checkpoint of an update that failed
         progress.skipped = self.agent._skipped.clone()
         progress.elapsed = time.perf_counter() - self._epoch_start
         raise Stopped(self.stop.signal, self.epoch, progress, self.save(progress))
@@ -271,14 +277,26 @@ class Trainer:
                 totals[key] = totals.get(key, 0) + value
             progress.updates += 1
             self.updates += 1
+        self.check_deferred_faults()
         # One host synchronisation per epoch, not per update.
         return {key: round(float(value) / n, 6) for key, value in totals.items()}
+
+    def check_deferred_faults(self) -> None:
+        """With cuda_graphs on, the updates keep their NaN/Inf checks on the device: read them
+        (one host read) and raise the first fault since the last read, numbered among the run's
+        updates, as the check in the update would have. Nothing to read with cuda_graphs off."""
+        err = self.agent.pop_fault()
+        if err is not None:
+            err.update += self.checked_updates
+            raise err
+        self.checked_updates = self.updates
 
     def check_finite(self, stats: dict) -> None:
         """End of an epoch's updates: log the tasks the updates dropped (`skipped_tasks` in the
         train log), then check the statistics and every parameter and buffer, so that no checkpoint
         with a NaN/Inf is ever written. Each update checks its own losses, gradients and parameters
-        (MultiTaskSAC.update); a failure raises NonFiniteError, reported by `nonfinite_message`."""
+        (MultiTaskSAC.update; with cuda_graphs on, on the device, read by check_deferred_faults at the
+        end of the updates); a failure raises NonFiniteError, reported by `nonfinite_message`."""
         bad = [k for k, v in stats.items() if isinstance(v, float) and not np.isfinite(v)]
         skipped = self.agent.pop_skipped()
         stats["skipped_tasks"] = {t: {"nonfinite": n, "over_threshold": m} for t, n, m in
@@ -296,7 +314,8 @@ class Trainer:
 
     def nonfinite_message(self, err: NonFiniteError) -> str:
         """Where and what: "update 37 (epoch 5): non-finite gradient in q1 from task 'reach'; ..."."""
-        where = (f"update {self.updates + 1} (epoch {self.epoch + 1})" if err.during_update
+        number = self.updates + 1 if err.update is None else err.update  # found later: its own number
+        where = (f"update {number} (epoch {self.epoch + 1})" if err.during_update
                  else f"epoch {self.epoch + 1} (after update {self.updates})")
         return (f"{where}: {err.describe(self.tasks)}; training stopped before saving anything from "
                 f"this epoch: {self.last_checkpoint_note()}")
@@ -324,6 +343,7 @@ class Trainer:
         else:  # a fresh run: no log lines of an earlier one survive
             self.train_log.restore([])
             self.eval_log.restore([])
+        self.checked_updates = self.updates
         self.live.restart(self.train_log.records, self.eval_log.records)
         steps = self.run.env.max_episode_steps
         budget = self.budget

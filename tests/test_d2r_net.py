@@ -365,12 +365,16 @@ def test_stored_route_replays_the_same_output(mode):
     assert torch.equal(again_rr, out)  # ResRouting changes gradients, not values
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("resrouting", [False, True])
 @pytest.mark.parametrize("mode", ["greedy", "sampled", "replayed"])
-def test_matches_plain_reference_outputs_and_gradients(mode, resrouting):
+def test_matches_plain_reference_outputs_and_gradients(mode, resrouting, capturable):
+    """Both module stacks: the default (embedding_bag, pulled gradients) and the capturable one
+    (index_select, pushed gradients; the update with cuda_graphs on)."""
     # PyTorch's initialisation (the release's gives the router's logits one bias of 0.1): spread
     # the logits so edges are both trusted and not
     net = small_net(seed=2, dtype=torch.float64, init="torch")
+    net.capturable = capturable
     with torch.no_grad():
         net.router[-1].weight.mul_(8.0)
     x, task = inputs(12, seed=3, dtype=torch.float64)
@@ -426,8 +430,9 @@ def test_large_batch_gives_the_gradients_of_its_pieces():
         torch.testing.assert_close(whole[name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("frozen_modules,y0_grad", [(False, True), (True, True), (True, False)])
-def test_module_stack_backward_passes_gradcheck(frozen_modules, y0_grad):
+def test_module_stack_backward_passes_gradcheck(frozen_modules, y0_grad, capturable):
     """The hand-written backward of the module stack against finite differences (plain routing;
     ResRouting's stop-gradients are checked against the reference above). Frozen module weights
     (the Qs inside the actor's loss) must not change the gradients of the inputs, and the mixing
@@ -444,7 +449,7 @@ def test_module_stack_backward_passes_gradcheck(frozen_modules, y0_grad):
         p.requires_grad_(not frozen_modules)
 
     def stack(y0, w, *params):
-        return RoutedModuleStack.apply(y0, w, route, None, True, *params)
+        return RoutedModuleStack.apply(y0, w, route, None, True, capturable, *params)
 
     assert torch.autograd.gradcheck(stack, (y0, w, *params))
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from d2r import cli, io as d2r_io
 from d2r.agent import MultiTaskSAC
@@ -316,6 +317,33 @@ def test_fault_stops_training_in_its_update_and_keeps_the_checkpoint(params, tmp
     out = tmp_path / "run"
     on_update(monkeypatch, 5, inject)  # update 5 is in epoch 3
     code, err = run_training(params, out, capsys)
+    assert_stopped_by_update_5(out, code, err, expected)
+
+
+def nan_gradient_stepped(agent, batch):
+    """nan_gradient, but the step is taken: with cuda_graphs on, the check is kept on the device."""
+    next(agent.q1.parameters()).register_hook(lambda grad: grad * float("nan"))
+    return batch
+
+
+@pytest.mark.parametrize("inject, expected", [
+    (nan_gradient_stepped, r"non-finite gradient in q1$"),
+    (huge_states_for_first_task, r"non-finite gradient in (q1|q2|policy) from task 'reach'$"),
+])
+def test_fault_found_after_the_updates_names_its_update_and_keeps_the_checkpoint(params, tmp_path, monkeypatch,
+                                                                                 capsys, inject, expected):
+    """With cuda_graphs on the updates read nothing back: their checks are read once after the
+    epoch's updates (here update 6 ran too), and the message names the first failing update."""
+    raw = yaml.safe_load(params.read_text())
+    raw["train"]["cuda_graphs"] = "on"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    on_update(monkeypatch, 5, inject)
+    code, err = run_training(tmp_path / "params.yaml", out, capsys)
+    assert_stopped_by_update_5(out, code, err, expected)
+
+
+def assert_stopped_by_update_5(out: Path, code: int, err: str, expected: str) -> None:
     assert code == 3, err
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: update 5 (epoch 3): "), err

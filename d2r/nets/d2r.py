@@ -60,6 +60,10 @@ class D2RNet(MultiTaskNet):
                        embedding is built (the task then enters the net only through x).
     """
 
+    #: the module stack without host reads and with static shapes (set by an agent whose update
+    #: runs with cuda_graphs on); the default pulls gradients, with one host read per backward
+    capturable = False
+
     def __init__(
         self,
         in_dim: int,
@@ -255,4 +259,4 @@ class D2RNet(MultiTaskNet):
         y0 = F.relu(self.layers[0](x0))
         stacked = list(self.layers)[1:]  # slicing the ModuleList builds a new one each time
         params = [layer.weight for layer in stacked] + [layer.bias for layer in stacked]
-        return RoutedModuleStack.apply(y0, w, route, trusted, torch.is_grad_enabled(), *params)
+        return RoutedModuleStack.apply(y0, w, route, trusted, torch.is_grad_enabled(), self.capturable, *params)
