@@ -1,7 +1,8 @@
 """Throughput benchmarks, the measuring functions (the job `python -m d2r bench [--quick]`, which
 prints them for the current device, is d2r/jobs/bench.py):
 
-- collection alone: env-steps/s of MT10 and MT50 (random actions, sync vector env);
+- collection alone: env-steps/s of MT10 and MT50 (random actions) with the sync and the async
+  vector env (env.vector_strategy), stepped in turn;
 - one full multi-task SAC update per method at paper width, batch 128 per task;
 - the D2R update against the same update with the network written plainly from the spec
   (d2r.nets.reference: dense weights over all candidate sources, one module at a time): ratio
@@ -10,7 +11,7 @@ prints them for the current device, is d2r/jobs/bench.py):
   practical arithmetic limit of this machine) and against an MT-SAC update of the same FLOPs
   (the same SAC update without routing), timed alternately in one process;
 - end-to-end training: env steps/s, updates/s, wall time against max(collection, updates),
-  peak memory, for a fixed short MT10 run.
+  peak memory, for a fixed short MT10 run (collection in sequence; overlapped, sync and async).
 Numbers are printed, never asserted: targets live in the issue notes, not in tests.
 """
 
@@ -92,17 +93,28 @@ def update_flops(agent: MultiTaskSAC, batch) -> int:
 
 
 # ---- sections --------------------------------------------------------------------------------
-def bench_collection(benchmark: str, steps: int) -> float:
-    envs = mw.make_task_envs(list(mw.BENCHMARKS[benchmark]), seed=0)
-    envs.reset()
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, size=(steps, envs.num_envs, mw.ACTION_DIM))
-    start = time.perf_counter()
-    for a in actions:
-        envs.step(a)
-    elapsed = time.perf_counter() - start
-    envs.close()
-    return steps * envs.num_envs / elapsed
+def bench_collection(benchmark: str, steps: int, rounds: int,
+                     strategies: tuple[str, ...] = mw.VECTOR_STRATEGIES) -> dict[str, float]:
+    """Env-steps/s of each vector strategy on `benchmark` (random actions): the vector envs of all
+    strategies are built first, then stepped in turn, `rounds` blocks of `steps` steps each (the
+    median block): on a shared machine each sees the same load."""
+    tasks = list(mw.BENCHMARKS[benchmark])
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, len(tasks), mw.ACTION_DIM))
+    all_envs = {}
+    try:
+        for strategy in strategies:
+            all_envs[strategy] = mw.make_task_envs(tasks, seed=0, vector_strategy=strategy)
+            all_envs[strategy].reset()
+
+        def block(envs):
+            for a in actions:
+                envs.step(a)
+
+        times = timed_alternately([lambda e=e: block(e) for e in all_envs.values()], rounds, torch.device("cpu"))
+    finally:
+        for envs in all_envs.values():
+            envs.close()
+    return {strategy: steps * len(tasks) / float(np.median(t)) for strategy, t in zip(all_envs, times)}
 
 
 def bench_update(params, method: str, num_tasks: int, reps: int, device) -> tuple[float, int]:
@@ -213,7 +225,7 @@ def timed_alternately(fns, reps: int, device) -> list[np.ndarray]:
     return [np.array(t) for t in times]
 
 
-def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool) -> dict:
+def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool, vector_strategy: str = "sync") -> dict:
     from d2r.train import Trainer
 
     run = params.run("smoke", "d2r", 0)
@@ -221,6 +233,7 @@ def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool) -
                                  updates_per_epoch=updates, batch_per_task=128, eval_every=10**6,
                                  checkpoint_every=10**6)
     run = dataclasses.replace(run, device=str(device), sac=dataclasses.replace(run.sac, overlap_collection=overlap),
+                              env=dataclasses.replace(run.env, vector_strategy=vector_strategy),
                               experiment=dataclasses.replace(run.experiment, budget=budget))
     import tempfile
     from pathlib import Path

@@ -61,6 +61,7 @@ __all__ = [
     "STATE_DIM",
     "ACTION_DIM",
     "GOAL_MODES",
+    "VECTOR_STRATEGIES",
     "resolve_tasks",
     "full_name",
     "short_name",
@@ -70,7 +71,7 @@ __all__ = [
     "set_rng_state",
 ]
 
-_VECTOR_STRATEGIES = ("sync", "async")
+VECTOR_STRATEGIES = ("sync", "async")  # every task in this process | one worker process per task
 _REWARD_VERSIONS = ("v1", "v2")
 
 # Keys that separate the uses of one run seed (first element of each SeedSequence spawn_key).
@@ -185,9 +186,9 @@ def make_task_envs(
         raise ValueError(f"repeated task in {names}")
     if goal_mode not in GOAL_MODES:
         raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
-    if vector_strategy not in _VECTOR_STRATEGIES:
+    if vector_strategy not in VECTOR_STRATEGIES:
         raise ValueError(
-            f"vector_strategy must be one of {_VECTOR_STRATEGIES}, got {vector_strategy!r}"
+            f"vector_strategy must be one of {VECTOR_STRATEGIES}, got {vector_strategy!r}"
         )
     if reward_version not in _REWARD_VERSIONS:
         raise ValueError(
@@ -217,7 +218,11 @@ def make_task_envs(
     if vector_strategy == "sync":
         envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     else:
-        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+        # one worker process per task, forked (not Python 3.14's forkserver default): a worker
+        # then inherits the training job's SIGTERM/SIGINT handler, so a stop signal sent to the
+        # whole process group (Slurm, Ctrl-C) is only noted there and the job can finish its
+        # episode and checkpoint
+        envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="fork")
     envs.action_space.seed(_seed_int(seed, _KEY_VEC_ACTION, stream))
     return envs
 

@@ -460,6 +460,7 @@ def test_async_builds_steps_and_matches_sync():
         assert asyn.observation_space.shape == (2, 41)
         np.testing.assert_array_equal(_rollout(asyn, actions), _rollout(sync, actions))
         state = get_rng_state(asyn)
+        assert state == get_rng_state(sync)  # a checkpoint of either resumes the other
         first = _reset_obs(asyn, 2)
         set_rng_state(asyn, state)
         again = _reset_obs(asyn, 2)

@@ -99,18 +99,29 @@ def test_killed_run_resumes_and_matches_uninterrupted(uninterrupted, tmp_path, k
     assert strip(out / "eval_log.jsonl") == strip(full / "eval_log.jsonl")
 
 
-def test_overlapped_collection_is_deterministic(tmp_path):
-    """Collection in a background thread during updates: same seed, same weights, twice."""
+def test_overlapped_collection_same_with_sync_and_async_envs_and_after_a_kill(tmp_path):
+    """Collection in a background thread during updates, with every task's env in this process
+    (sync) or in a worker process per task (async): the same weights and logs for one seed (the
+    env streams are seeded per task), also when the async run is killed and resumed (the
+    checkpoints hold each worker's env random state)."""
     params = tiny_params(tmp_path, epochs=4)
     raw = yaml.safe_load(params.read_text())
     raw["train"]["overlap_collection"] = True
     params.write_text(yaml.safe_dump(raw))
-    models = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        subprocess.run(train_cmd(params, out), check=True, capture_output=True, timeout=600)
-        run = json.loads((out / "run.json").read_text())
-        assert run["updates"] == 3 * 3
-        models.append(torch.load(out / "model.pt", weights_only=True))
+    raw["env"]["vector_strategy"] = "async"
+    async_params = tmp_path / "async.yaml"
+    async_params.write_text(yaml.safe_dump(raw))
+
+    subprocess.run(train_cmd(params, tmp_path / "sync"), check=True, capture_output=True, timeout=600)
+    run_killed_at(async_params, tmp_path / "async", 2)
+    proc = subprocess.run(train_cmd(async_params, tmp_path / "async"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "resuming from epoch" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr  # the workers were closed, not left to a broken pipe
+    models = [torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("sync", "async")]
+    assert json.loads((tmp_path / "async" / "run.json").read_text())["updates"] == 3 * 3
     for key in models[0]:
         assert torch.equal(models[0][key], models[1][key]), key
+    strip = lambda path: [{k: v for k, v in json.loads(l).items() if k not in ("wall_time", "sps")}
+                          for l in path.read_text().splitlines()]
+    for log in ("train_log.jsonl", "eval_log.jsonl"):
+        assert strip(tmp_path / "sync" / log) == strip(tmp_path / "async" / log), log

@@ -41,9 +41,12 @@ def run(args) -> int:
     print(f"device: {name}; torch {torch.__version__}")
 
     if "collection" in sections:
-        print("\n== collection alone (random actions, sync vector env) ==")
-        for bench, steps in (("MT10", 200 if args.quick else 1000), ("MT50", 40 if args.quick else 200)):
-            print(f"{bench}: {B.bench_collection(bench, steps):8.0f} env-steps/s")
+        print("\n== collection alone (random actions): env.vector_strategy sync (every task in this process) "
+              "vs async (one worker process per task), timed in turn ==")
+        for bench, steps in (("MT10", 50), ("MT50", 10)):
+            rates = B.bench_collection(bench, steps, rounds=reps)
+            print(f"{bench}: " + ", ".join(f"{s} {r:6.0f} env-steps/s" for s, r in rates.items())
+                  + f" (async / sync x{rates['async'] / rates['sync']:.2f}; median of {reps} blocks of {steps} steps)")
 
     if "update" in sections:
         print("\n== one multi-task SAC update, paper width, 128 per task ==")
@@ -97,15 +100,18 @@ def efficiency(params, device, rounds: int) -> None:
 
 
 def end_to_end(params, device, epochs: int, updates: int) -> None:
-    print("\n== end to end: short MT10 D2R run (collection in sequence / overlapped with updates) ==")
-    for overlap in (False, True):
-        e2e = B.bench_end_to_end(params, epochs, updates, device, overlap)
-        print(f"{'overlapped' if overlap else 'sequential':10s}: wall {e2e['wall_s']:.1f} s, "
+    print("\n== end to end: short MT10 D2R run (collection in sequence / overlapped with updates; "
+          "sync / async vector env) ==")
+    runs = {}
+    for overlap, strategy in ((False, "sync"), (True, "sync"), (True, "async")):
+        e2e = runs[overlap, strategy] = B.bench_end_to_end(params, epochs, updates, device, overlap, strategy)
+        print(f"{'overlapped' if overlap else 'sequential':10s} {strategy:5s}: wall {e2e['wall_s']:.1f} s, "
               f"{e2e['env_steps_per_s']:.0f} env-steps/s, {e2e['updates_per_s']:.2f} updates/s; "
               f"collection {e2e['collect_s']:.1f} s, updates {e2e['update_s']:.1f} s, "
               f"wall / max(collection, updates) = {e2e['wall_over_max']:.2f}; "
               f"peak RSS {e2e['peak_rss_gb']:.2f} GB, peak CUDA {e2e['peak_cuda_gb']:.2f} GB")
     # The paper's MT10 epoch: one episode per task (as measured here) and 200 updates.
+    e2e = runs[True, "sync"]
     collect_epoch = e2e["collect_s"] / e2e["epochs"]
     per_update = e2e["update_s"] / e2e["updates"]
     sequential = 7500 * (collect_epoch + 200 * per_update)

@@ -48,5 +48,5 @@ def run(args) -> int:
             print(f"error: {err}; {trainer.last_checkpoint_note()}", file=sys.stderr)
             return 1
         finally:
-            trainer.live.close()
+            trainer.close()  # the envs too: async env workers then end on "close", not on a broken pipe
     return 0
