@@ -14,6 +14,7 @@ import torch
 from d2r.agent import MultiTaskSAC, NonFiniteError, resolve_cuda_graphs
 from d2r.config import MethodConfig
 from test_agent import SAC, d2r_method, filled_buffer, make_agent
+from test_reliability import nan_after_policy_step, nan_parameter  # the same faults as the default path's tests
 
 #: every way a tensor's value reaches Python
 HOST_READS = ("item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__", "__index__")
@@ -86,25 +87,6 @@ def test_update_reads_nothing_back_and_equals_the_default_update(case, monkeypat
 # ---- NaN/Inf: the same fault named, found at the end of the updates instead of in its update ----
 def nan_gradient(agent, batch):
     next(agent.q1.parameters()).register_hook(lambda grad: grad * float("nan"))
-    return batch
-
-
-def nan_parameter(agent, batch):
-    with torch.no_grad():
-        dict(agent.q2.named_parameters())["head.weight"][0, 0] = float("nan")
-    return batch
-
-
-def nan_after_policy_step(agent, batch):
-    step = agent.policy_optim.step
-
-    def broken_step(*args, **kwargs):  # a step that writes a NaN (a faulty kernel, say)
-        result = step(*args, **kwargs)
-        with torch.no_grad():
-            next(agent.policy.parameters()).view(-1)[0] = float("nan")
-        return result
-
-    agent.policy_optim.step = broken_step
     return batch
 
 
