@@ -64,6 +64,7 @@ def job_sources(job: str, root: Path = ROOT) -> list[str]:
         path = module_path(module, root)
         if path is not None:
             todo += imported(module, path, root)
-    files = {module_path(m, root).relative_to(root).as_posix() for m in seen if module_path(m, root)}
+    paths = (module_path(m, root) for m in seen)
+    files = {path.relative_to(root).as_posix() for path in paths if path is not None}
     files.update(f for m in seen for f in DATA.get(m, []))
     return sorted(files)

@@ -151,12 +151,11 @@ class Trainer:
         self.checked_updates = 0  # updates whose device-side checks have been read (cuda_graphs on)
         self.partial: EpochProgress | None = None  # the epoch a mid-epoch checkpoint stopped in
         self._epoch_start = 0.0
-        files = RunDir(self.out_dir)
-        self.run_files = files
-        self.checkpoint_dir = files.checkpoints
-        self.train_log = JsonlLog(files.train_log)
-        self.eval_log = JsonlLog(files.eval_log)
-        self.live = LiveView(files.tensorboard)  # `tensorboard --logdir results/E`
+        self.run_files = RunDir(self.out_dir)
+        self.checkpoint_dir = self.run_files.checkpoints
+        self.train_log = JsonlLog(self.run_files.train_log)
+        self.eval_log = JsonlLog(self.run_files.eval_log)
+        self.live = LiveView(self.run_files.tensorboard)  # `tensorboard --logdir results/E`
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state(self, progress: EpochProgress | None = None) -> dict:
