@@ -11,7 +11,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The page `dvc plots show` writes, with Vega inlined so that it opens offline (.dvc/config).
+PLOTS_PAGE := .dvc/plots.html
+$(PLOTS_PAGE): $(STAMP) workflow/plots/offline_template.py
+	$(PY) workflow/plots/offline_template.py $@
+
+install: $(STAMP) $(PLOTS_PAGE)
 
 # MuJoCo's software renderer for the rollout videos (render job), when it is missing:
 # Debian's libosmesa6, with apt-get when running as root; otherwise a note (the render job then

@@ -1,5 +1,6 @@
 # D2R experiment pipeline: params.yaml -> setup -> train -> evaluate -> analyse (and render) -> report.
 # Thin entry point; the rules live in workflow/rules/*.smk and every job is `python -m d2r <job>`.
+# What is current is decided from each job's build record, not file times (workflow/rules/common.smk).
 #
 #   snakemake --cores all reports/smoke.html      # one experiment (the profile profiles/default is used)
 #   snakemake -n reports/mt10.html                 # what would run, and why
@@ -63,6 +64,5 @@ rule all:
         expand("metrics/{experiment}.json", experiment=EXPERIMENTS),
 
 
-# Last, once every rule is defined: remove what was built from missing files, so that the target
-# command rebuilds them (workflow/rules/stale.smk).
-include: "workflow/rules/stale.smk"
+# After a successful run outside DVC: the built experiments recorded in dvc.lock (dvc commit).
+include: "workflow/rules/dvc.smk"

@@ -10,9 +10,11 @@ import argparse
 import importlib
 import sys
 
-from d2r.config import ParamsError
-from d2r.io import CheckpointError
+from d2r.config import ParamsError, load_params
+from d2r.io import CheckpointError, ResultFileError
 
+#: the jobs the pipeline's rules run (d2r.pipeline.JOBS), each able to write its build record
+PIPELINE_JOBS = ("setup", "train", "evaluate", "analyse", "report", "render")
 JOBS = {
     "setup": ("d2r.jobs.setup", "record versions and the device, build the task set once"),
     "train": ("d2r.jobs.train", "train one (experiment, method, seed); resumes from its last checkpoint"),
@@ -34,6 +36,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for name, (module, summary) in JOBS.items():
         job = sub.add_parser(name, help=summary, description=summary)
         job.set_defaults(_module=module)
+        if name in PIPELINE_JOBS:
+            job.add_argument("--record", metavar="PATH",
+                             help="after the job succeeded, write its build record here: the parameters, code "
+                                  "and inputs it was made from and its outputs (the pipeline's rules pass it; "
+                                  "d2r.records)")
         job_parsers[name] = job
     # Job arguments are added lazily (see main) so that importing torch is paid only when needed.
     return parser, job_parsers
@@ -47,14 +54,36 @@ def main(argv: list[str] | None = None) -> int:
     if job in JOBS:
         importlib.import_module(JOBS[job][0]).add_arguments(job_parsers[job])
     args = parser.parse_args(argv)
+    records = built = made = None
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        if getattr(args, "record", None):
+            # What the outputs are made from is taken before the job reads anything. The record
+            # modules are imported only here: they are no job's sources (d2r.sources.BOOKKEEPING).
+            from d2r import records
+            built = _pipeline_job(args)
+            made = records.made_from(built, load_params(args.params))
+        status = int(importlib.import_module(args._module).run(args) or 0)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except CheckpointError as err:  # a refused or unreadable checkpoint/model file: one line
+    except (CheckpointError, ResultFileError) as err:  # an unreadable or refused file: one line naming it
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if status == 0 and built:
+        records.write_record(built, made)
+    return status
+
+
+def _pipeline_job(args):
+    """The pipeline job these arguments run (a d2r.pipeline.Job), for its build record."""
+    from d2r.pipeline import Job
+
+    if getattr(args, "experiment", None) is None:
+        raise SystemExit(f"error: {args.job} --record needs --experiment (and --method, --seed for one run's job)")
+    job = Job(args.job, args.experiment, getattr(args, "method", None), getattr(args, "seed", None))
+    if args.record != job.record:  # the record's place is part of the results layout (d2r.pipeline)
+        raise SystemExit(f"error: --record {args.record}: the build record of {job.label} is {job.record}")
+    return job
 
 
 if __name__ == "__main__":

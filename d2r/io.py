@@ -14,6 +14,10 @@ class CheckpointError(RuntimeError):
     (Defined here, beside the other file errors, so that the CLI can name it without torch.)"""
 
 
+class ResultFileError(ValueError):
+    """A results file that exists but cannot be read as what it should be; the message names it."""
+
+
 class WriteError(OSError):
     """A file that could not be written (disk full, quota, I/O error), naming it."""
 
@@ -79,7 +83,11 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file's data; a file that is not JSON (truncated, edited) raises ResultFileError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultFileError(f"{path}: not valid JSON ({err})") from None
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

@@ -16,6 +16,10 @@ PACKAGE = "d2r"
 ROOT = Path(__file__).resolve().parent.parent   # the checkout: paths are relative to it
 #: files a module reads as data (not imports)
 DATA = {"d2r.config": ["d2r/params.schema.yaml"]}
+#: modules that write and check the jobs' build records (the CLI runs them around every job, and
+#: this one lists the code for them), not results: editing them re-runs no job, so they are not
+#: followed
+BOOKKEEPING = {"d2r.records", "d2r.pipeline", "d2r.sources"}
 
 
 def module_path(module: str, root: Path = ROOT) -> Path | None:
@@ -56,7 +60,7 @@ def job_sources(job: str, root: Path = ROOT) -> list[str]:
     seen: set[str] = set()
     while todo:
         module = todo.pop()
-        if module in seen:
+        if module in seen or module in BOOKKEEPING:
             continue
         seen.add(module)
         parts = module.split(".")

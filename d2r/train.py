@@ -41,6 +41,7 @@ from d2r.io import append_text, atomic_write_bytes, atomic_write_json, dump_json
 from d2r.live import LiveView
 from d2r.nets import parameter_count
 from d2r.provenance import code_version
+from d2r.records import code_digests
 from d2r.replay import TaskReplayBuffer
 from d2r.rundir import RunDir
 from d2r.seeding import EVAL_STREAM, TRAIN_STREAM, global_rng_state, restore_global_rng_state, seed_everything
@@ -134,6 +135,7 @@ class Trainer:
         self.tasks = list(self.exp.tasks)
         self.device = device or resolve_device(run.device)  # the job passes the GPU it claimed
         self.config_json = dump_json(run.training_dict())
+        self.code = code_digests("train")   # a checkpoint of other code is not resumed
         self.stop = stop
         seed_everything(run.seed)
 
@@ -161,6 +163,7 @@ class Trainer:
     def state(self, progress: EpochProgress | None = None) -> dict:
         state = {
             "config": self.config_json,
+            "code": self.code,
             "epoch": self.epoch,
             "updates": self.updates,
             "wall_time": self.wall_time,
@@ -183,6 +186,14 @@ class Trainer:
             if files:
                 print(f"warning: none of the {len(files)} checkpoints in {self.checkpoint_dir} is readable; "
                       "training starts from scratch", file=sys.stderr)
+            return False
+        if state.get("code") != self.code:
+            old = state.get("code") or {}
+            changed = sorted(f for f in self.code.keys() | old.keys() if self.code.get(f) != old.get(f))
+            what = f"{', '.join(changed[:3])} changed" if old else "written before checkpoints recorded it"
+            print(f"checkpoints in {self.checkpoint_dir} were written by other code ({what}); training starts "
+                  "afresh", file=sys.stderr)
+            shutil.rmtree(self.checkpoint_dir)
             return False
         if state["config"] != self.config_json:
             if _comparable(state["config"]) != _comparable(self.config_json) or state["epoch"] > self.budget.epochs:

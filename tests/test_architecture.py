@@ -80,8 +80,18 @@ def test_job_sources_hold_every_d2r_file_the_job_imports(job):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded = {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(out.stdout.splitlines()[-1])}
     listed = set(sources.job_sources(job))
+    # the build-record modules run around every job but decide no result: no job's sources
+    bookkeeping = {sources.module_path(m).relative_to(ROOT).as_posix() for m in sources.BOOKKEEPING}
+    assert not listed & bookkeeping
+    loaded -= bookkeeping
     assert loaded <= listed, f"{job} loads {sorted(loaded - listed)} that its sources leave out"
     assert f"d2r/jobs/{job}.py" in listed and "d2r/cli.py" in listed
+
+
+def test_the_cli_offers_a_build_record_for_every_pipeline_job():
+    from d2r import cli, pipeline
+
+    assert sorted(cli.PIPELINE_JOBS) == sorted(pipeline.JOBS)
 
 
 def test_job_sources_separate_the_jobs():

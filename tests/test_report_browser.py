@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,30 @@ def test_report_screenshot(chromium, synthetic_report, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000, "screenshot missing or blank"
+
+
+def test_dvc_plots_page_draws_offline(chromium, tmp_path):
+    """`dvc plots show` with the project's page template (make install writes it; .dvc/config) draws
+    the learning curves with no network: Vega is inlined, no <script src> to a CDN."""
+    from conftest import REPO
+    from test_pipeline import _env
+
+    repo = tmp_path / "repo"
+    for rel in ("dvc.yaml", ".dvcignore", "workflow/plots/learning_curves.json"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, repo / rel)
+    curves = repo / "reports" / "curves" / "synth.csv"
+    curves.parent.mkdir(parents=True)
+    curves.write_text("method,task,env_steps,success\n" + "".join(
+        f"{m},{t},{x},{y}\n" for m in ("d2r", "mtsac") for t in ("(mean over tasks)", "reach")
+        for x, y in ((0, 0.0), (1000, 0.5))))
+    env = _env()
+    for cmd in (["dvc", "init", "--no-scm", "-q"], ["dvc", "config", "core.analytics", "false"],
+                [sys.executable, str(REPO / "workflow/plots/offline_template.py"), ".dvc/plots.html"],
+                ["dvc", "config", "plots.html_template", "plots.html"], ["dvc", "plots", "show"]):
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{cmd}: {proc.stderr[-2000:]}"
+    page = repo / "dvc_plots" / "index.html"
+    assert not re.search(r"<script[^>]+src=", page.read_text()), "the page loads a script from elsewhere"
+    dom = _dump_dom(chromium, page, tmp_path)
+    assert '<canvas class="marks"' in dom or 'class="marks"' in dom, dom[-3000:]

@@ -18,13 +18,12 @@ success rate outside [0, 1]) raises ReportError naming the file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from d2r.config import ExperimentConfig, MethodConfig, ParamsError, RenderConfig, load_params, render_config
 from d2r import rundir
-from d2r.io import read_json, read_jsonl
+from d2r.io import ResultFileError, read_json, read_jsonl
 from d2r.rundir import RunDir
 
 
@@ -71,8 +70,8 @@ def _read(path: Path) -> Any:
         raise ReportError(f"{path}: missing")
     try:
         return read_json(path)
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path}: not valid JSON: {err}") from None
+    except ResultFileError as err:
+        raise ReportError(str(err)) from None
 
 
 def _read_run(files: RunDir, tasks: list[str]) -> dict[str, Any]:

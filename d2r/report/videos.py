@@ -8,11 +8,11 @@ the page's own check puts a video that cannot be decoded in the red error box.
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 from typing import Any
 
 from d2r.report.html import esc
+from d2r.io import ResultFileError, read_json
 from d2r.report.load import ReportError
 
 INDEX = "index.json"
@@ -26,9 +26,9 @@ def load_videos(dirs: list[str | Path], methods: list[str], tasks: list[str]) ->
         if not path.exists():
             raise ReportError(f"{path}: missing")
         try:
-            index = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{path}: not valid JSON: {err}") from None
+            index = read_json(path)
+        except ResultFileError as err:
+            raise ReportError(str(err)) from None
         method = index.get("method")
         if method not in methods:
             raise ReportError(f"{path}: method {method!r} is not one of the experiment's {methods}")

@@ -5,11 +5,9 @@
 
 rule analyse:
     input:
-        eval="results/{experiment}/{method}/seed{seed}/eval.json",
-        eval_log="results/{experiment}/{method}/seed{seed}/eval_log.jsonl",
-        sources=SOURCES["analyse"],
+        unpack(job_inputs("analyse")),
     output:
-        routes="results/{experiment}/{method}/seed{seed}/routes.json",
+        **job_outputs("analyse"),
     log:
         "logs/{experiment}/{method}/seed{seed}/analyse.log",
     benchmark:
@@ -18,6 +16,7 @@ rule analyse:
     resources:
         gpu=0,
     shell:
-        "{PYTHON} -m d2r analyse"
+        "{PYTHON} -m d2r analyse --params {PARAMS_FILE} --experiment {wildcards.experiment}"
+        " --method {wildcards.method} --seed {wildcards.seed}"
         " --run-dir results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
-        " --out {output.routes} > {log} 2>&1"
+        " --out {output.routes} --record {output.record} > {log} 2>&1"

@@ -1,25 +1,22 @@
-# Helpers shared by the rules: wildcard constraints, the d2r sources each job runs, and the
-# parameters each job depends on (PARAMS, the checked params.yaml, comes from the Snakefile).
-# Devices, threads and Slurm resources: resources.smk.
+# Helpers shared by the rules: wildcard constraints, each job's outputs and inputs (d2r.pipeline,
+# the one definition of the results layout) and whether what is already there is current
+# (d2r.records). PARAMS, the checked params.yaml, comes from the Snakefile.
 #
-# What re-runs what. Snakemake's own triggers, nothing custom:
-# - params: each rule's `params:` holds exactly what its job depends on in params.yaml
-#   (train: RunConfig.training_dict() as JSON; evaluate: final_eval_episodes; ...), so a changed
-#   parameter re-runs the jobs that read it, and what comes after them;
-# - input: the d2r source files a job runs are inputs, so editing one re-runs the jobs that run it
-#   (Snakemake compares checksums of small inputs, so a checkout that only changes file times
-#   re-runs nothing);
-# - code: the rule's command.
-# These triggers use Snakemake's records in .snakemake/ and file times. A fresh clone after
-# `dvc pull` has neither records nor meaningful file times: there, run once
-#     snakemake --touch --forceall reports/<experiment>.html
-# (marks the pulled results as up to date and writes the records; see README "Sharing results").
-import os
+# What re-runs what is decided from content, not from file times or Snakemake's .snakemake/
+# records (which a clone, a `dvc pull` or a DVC experiment's temporary workspace does not have):
+# every job writes a build record of its parameters, code, inputs and outputs, and before a job is
+# planned its record is compared with today's params.yaml, code and files (d2r.records.Freshness).
+# An outdated job is forced (with one line saying why); a current one is left alone whatever the
+# file times say: every input is `ancient`, and profiles/default sets `rerun-triggers: mtime`, so
+# Snakemake's own records add nothing. A dry run (-n) shows that plan and changes no file.
 import shlex
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
-from d2r.config import fingerprint
+from d2r.pipeline import RUN_JOBS, Job
+from d2r.pipeline import inputs as pipeline_inputs
+from d2r.records import Freshness
 from d2r.sources import job_sources
 
 # PARAMS: the checked params.yaml (Snakefile). The jobs read params.yaml themselves, so
@@ -34,7 +31,7 @@ if PARAMS.raw != config:
 EXPERIMENTS = list(PARAMS.experiments)
 # The interpreter running Snakemake runs the jobs too. Used in the commands directly, not as a
 # param: moving the virtualenv must not re-run anything. Likewise params.yaml is not an input
-# (any edit would re-run every job); each rule's `params:` holds the part its job reads.
+# (any edit would re-run every job); each job's build record holds the part it reads.
 PYTHON = shlex.quote(sys.executable)
 
 
@@ -44,70 +41,95 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# Results without Snakemake's records: most likely a fresh clone after `dvc pull`.
-def _has_records() -> bool:
-    return os.path.isdir(".snakemake/metadata") and any(os.scandir(".snakemake/metadata"))
+# ---------------------------------------------------------------------------------------------
+# The d2r files each job runs, found from the imports of d2r/jobs/<job>.py by d2r.sources:
+# inputs of its rule, and in its build record.
 
-
-if not _has_records() and any(
-    os.path.exists(f"results/{e}/environment.json") for e in EXPERIMENTS
-):
-    sys.stderr.write(
-        "note: results/ holds outputs but .snakemake/ has no records of them (a fresh clone after "
-        "`dvc pull`?). If `dvc status` says they are up to date, run once\n"
-        "    snakemake --touch --forceall reports/<experiment>.html\n"
-        "so that Snakemake takes them as up to date (DVC does not keep file times).\n"
-    )
+SOURCES = {job: job_sources(job) for job in ("setup", *RUN_JOBS, "report")}
 
 
 # ---------------------------------------------------------------------------------------------
-# The d2r files each job runs (its inputs, so that editing one re-runs the jobs that run it),
-# found from the imports of d2r/jobs/<job>.py by d2r.sources: nothing kept by hand.
+# Outputs and inputs of each rule, from d2r.pipeline.
 
-SOURCES = {job: job_sources(job) for job in ("setup", "train", "evaluate", "analyse", "render", "report")}
+
+def job_of(name: str, wildcards) -> Job:
+    """The job a rule runs for these wildcards (or, with the rule's own patterns, its outputs)."""
+    if name in RUN_JOBS:
+        return Job(name, wildcards.experiment, wildcards.method, wildcards.seed)
+    return Job(name, wildcards.experiment)
+
+
+PATTERNS = SimpleNamespace(experiment="{experiment}", method="{method}", seed="{seed}")
+
+
+def job_outputs(name: str) -> dict:
+    """A rule's outputs: the job's files (d2r.pipeline) and its build record."""
+    job = job_of(name, PATTERNS)
+    outputs = {**job.outputs(), "record": job.record}
+    if name == "render":
+        outputs["videos"] = directory(outputs["videos"])
+    return outputs
+
+
+def job_inputs(name: str):
+    """A rule's input function: the job's sources and the files it reads; an outdated job is
+    forced on the way. Their times decide nothing (see the top of this file), so they are
+    `ancient`, but for the outputs of an outdated job: Snakemake then re-runs this job after that
+    one (it does not carry a job's re-run over ancient inputs, and skips the forced flag of a job
+    below one that re-runs)."""
+
+    def inputs(wildcards) -> dict:
+        job = job_of(name, wildcards)
+        rebuild_if_outdated(job)
+        files = {key: [path(before, output) for before, output in items]
+                 for key, items in pipeline_inputs(job, PARAMS).items()}
+        return {"sources": ancient(SOURCES[name]), **files}
+
+    def path(before: Job, output: str):
+        file = before.outputs()[output]
+        return file if outdated(before) else ancient(file)
+
+    return inputs
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameters of each job (each rule's `params:`).
+# Freshness: each job of the plan against its build record.
+
+FRESHNESS = Freshness(PARAMS)
+SAID: set = set()           # jobs whose reason was printed (an input function may run twice)
+REPORTS: set = set()        # experiments whose report is in this run's plan (see the Snakefile's onsuccess)
 
 
-def training_json(w) -> str:
-    """RunConfig.training_dict() as canonical JSON text: everything training depends on."""
-    return fingerprint(PARAMS.run(w.experiment, w.method, int(w.seed)).training_dict())
+def outdated(job: Job) -> bool:
+    """Inside a cluster job (`--mode remote`) the submitting Snakemake has decided already."""
+    return workflow.is_main_process and FRESHNESS.outdated(job)
 
 
-def setup_json(w) -> str:
-    exp = PARAMS.experiment(w.experiment)
-    return fingerprint({"benchmark": exp.benchmark, "tasks": list(exp.tasks), "goal_mode": exp.goal_mode,
-                        "env": config["env"], "device": PARAMS.device})
+def rebuild_if_outdated(job: Job) -> None:
+    """Force the job when its outputs are not what today's parameters, code and inputs make,
+    saying why in one line. Inside a cluster job (`--mode remote`) the submitting Snakemake has
+    decided already."""
+    if not workflow.is_main_process:
+        return
+    if job.name == "report":
+        REPORTS.add(job.experiment)
+    why, worth_a_line = FRESHNESS.verdict(job)
+    if why is None:
+        return
+    if worth_a_line and job not in SAID:
+        SAID.add(job)
+        sys.stderr.write(f"outdated: {job.label}: {why}\n")
+    force(job.record)
 
 
-def final_eval_episodes(w) -> int:
-    PARAMS.run(w.experiment, w.method, int(w.seed))  # a clear error for an unknown method or seed
-    return PARAMS.experiment(w.experiment).final_eval_episodes
-
-
-def report_json(w) -> str:
-    """The experiment's section of params.yaml and its methods' (the report shows them)."""
-    raw = config["experiments"][PARAMS.experiment(w.experiment).name]
-    return fingerprint({"experiment": raw, "methods": {m: config["methods"][m] for m in raw["methods"]}})
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs of the report: every run of the experiment.
-
-
-def experiment_runs(experiment: str) -> list[str]:
-    exp = PARAMS.experiment(experiment)
-    return [f"results/{experiment}/{m}/seed{s}" for m in exp.methods for s in exp.seeds]
-
-
-def report_inputs(w) -> dict:
-    runs = experiment_runs(w.experiment)
-    return {
-        "env": f"results/{w.experiment}/environment.json",
-        "runs": [f"{d}/run.json" for d in runs],
-        "eval_logs": [f"{d}/eval_log.jsonl" for d in runs],
-        "evals": [f"{d}/eval.json" for d in runs],
-        "routes": [f"{d}/routes.json" for d in runs],
-    }
+def force(output: str) -> None:
+    """Snakemake's --forcerun for one job, from within the DAG's construction. Snakemake has no
+    public API for this: the DAG's set of forced files is used as Snakemake 9.27.1 (pinned) keeps
+    it, and a Snakemake without it stops here (tests/test_pipeline.py checks the plans)."""
+    forced = getattr(getattr(workflow, "_dag", None), "forcefiles", None)
+    if not isinstance(forced, set):
+        raise WorkflowError(
+            "cannot mark an outdated result for rebuilding: this Snakemake keeps no DAG.forcefiles "
+            "set (the pipeline is written for snakemake==9.27.1; see workflow/rules/common.smk)"
+        )
+    forced.add(output)

@@ -5,13 +5,9 @@
 
 rule evaluate:
     input:
-        model="results/{experiment}/{method}/seed{seed}/model.pt",
-        run="results/{experiment}/{method}/seed{seed}/run.json",
-        sources=SOURCES["evaluate"],
+        unpack(job_inputs("evaluate")),
     output:
-        eval="results/{experiment}/{method}/seed{seed}/eval.json",
-    params:
-        final_eval_episodes=final_eval_episodes,
+        **job_outputs("evaluate"),
     log:
         "logs/{experiment}/{method}/seed{seed}/evaluate.log",
     benchmark:
@@ -26,4 +22,4 @@ rule evaluate:
         "{PYTHON} -m d2r evaluate --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
         " --run-dir results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
-        " --out {output.eval} > {log} 2>&1"
+        " --out {output.eval} --record {output.record} > {log} 2>&1"

@@ -6,17 +6,9 @@
 
 rule report:
     input:
-        unpack(report_inputs),
-        videos=video_dirs,
-        sources=SOURCES["report"],
+        unpack(job_inputs("report")),
     output:
-        html="reports/{experiment}.html",
-        metrics="metrics/{experiment}.json",
-        timing="reports/{experiment}.timing.json",
-        curves="reports/curves/{experiment}.csv",
-    params:
-        experiment=report_json,
-        videos=lambda w: RENDER[w.experiment].enabled,
+        **job_outputs("report"),
     log:
         "logs/{experiment}/report.log",
     benchmark:
@@ -28,4 +20,4 @@ rule report:
         "{PYTHON} -m d2r report --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --results results/{wildcards.experiment} --out {output.html} --metrics {output.metrics}"
         " --timing {output.timing} --curves {output.curves} --videos {input.videos}"
-        " > {log} 2>&1"
+        " --record {output.record} > {log} 2>&1"

@@ -6,11 +6,9 @@
 
 rule setup:
     input:
-        sources=SOURCES["setup"],
+        unpack(job_inputs("setup")),
     output:
-        env="results/{experiment}/environment.json",
-    params:
-        setup=setup_json,
+        **job_outputs("setup"),
     log:
         "logs/{experiment}/setup.log",
     benchmark:
@@ -24,4 +22,4 @@ rule setup:
         gpu_model=gpu_model,
     shell:
         "{PYTHON} -m d2r setup --params {PARAMS_FILE} --experiment {wildcards.experiment}"
-        " --out {output.env} > {log} 2>&1"
+        " --out {output.env} --record {output.record} > {log} 2>&1"

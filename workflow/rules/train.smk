@@ -1,20 +1,14 @@
 # train: one (experiment, method, seed). Resumes from results/.../checkpoints/ after a crash
-# (the checkpoints are internal: not a declared output, not shared by DVC).
-#
-# params.config is RunConfig.training_dict() as JSON: everything training depends on, so a
-# change of any of it re-runs this job; final_eval_episodes is not in it (evaluate's parameter).
+# (the checkpoints are internal: not a declared output, not shared by DVC). Its build record
+# holds RunConfig.training_dict(): everything training depends on, so a change of any of it
+# re-runs this job; final_eval_episodes is not in it (evaluate's parameter).
 
 
 rule train:
     input:
-        sources=SOURCES["train"],
+        unpack(job_inputs("train")),
     output:
-        model="results/{experiment}/{method}/seed{seed}/model.pt",
-        run="results/{experiment}/{method}/seed{seed}/run.json",
-        train_log="results/{experiment}/{method}/seed{seed}/train_log.jsonl",
-        eval_log="results/{experiment}/{method}/seed{seed}/eval_log.jsonl",
-    params:
-        config=training_json,
+        **job_outputs("train"),
     log:
         "logs/{experiment}/{method}/seed{seed}/train.log",
     benchmark:
@@ -30,4 +24,5 @@ rule train:
     shell:
         "{PYTHON} -m d2r train --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
-        " --out results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed} > {log} 2>&1"
+        " --out results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
+        " --record {output.record} > {log} 2>&1"

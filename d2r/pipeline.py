@@ -1,0 +1,156 @@
+"""The pipeline's jobs, defined once: what each job reads, writes and depends on in params.yaml.
+
+The Snakemake rules take their outputs, inputs and `params:` from here; each job writes a build
+record of what it was made from (d2r.records) with the same definitions; and the freshness check
+before every Snakemake run compares the two. No torch and no simulator (the Snakefile imports it).
+
+    results/E/environment.json                setup      (record: results/E/records/setup.json)
+    results/E/M/seedS/{model.pt, run.json,    train      (record: results/E/M/seedS/records/train.json)
+        train_log.jsonl, eval_log.jsonl}
+    results/E/M/seedS/eval.json               evaluate
+    results/E/M/seedS/routes.json             analyse
+    results/E/M/seedS/videos/                 render     (each method's first seed, when enabled)
+    reports/E.html, metrics/E.json,           report     (record: results/E/records/report.json)
+        reports/E.timing.json, reports/curves/E.csv
+
+A job's experiment, method and seed may be Snakemake patterns ("{experiment}", ...): its outputs
+are then the rule's output patterns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from d2r import rundir
+from d2r.config import Params, render_config
+
+RESULTS = "results"
+RECORDS = "records"          # each job's build record, beside its outputs (shared by DVC with them)
+#: the jobs of one run (experiment, method, seed); setup and report are one per experiment
+RUN_JOBS = ("train", "evaluate", "analyse", "render")
+JOBS = ("setup", *RUN_JOBS, "report")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    experiment: str
+    method: str | None = None
+    seed: int | str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.seed, str) and self.seed.isdigit():  # from a wildcard or the command line
+            object.__setattr__(self, "seed", int(self.seed))
+        if self.name not in JOBS:
+            raise ValueError(f"unknown job {self.name!r}")
+        if (self.name in RUN_JOBS) != (self.method is not None and self.seed is not None):
+            raise ValueError(f"job {self.name} needs a method and a seed exactly when it is one run's")
+
+    @property
+    def label(self) -> str:
+        where = self.experiment if self.method is None else f"{self.experiment}/{self.method}/seed{self.seed}"
+        return f"{self.name} {where}"
+
+    @property
+    def run_dir(self) -> str:
+        return str(rundir.run_path(f"{RESULTS}/{self.experiment}", self.method, self.seed))
+
+    @property
+    def record(self) -> str:
+        """The job's build record (d2r.records)."""
+        base = self.run_dir if self.name in RUN_JOBS else f"{RESULTS}/{self.experiment}"
+        return f"{base}/{RECORDS}/{self.name}.json"
+
+    def outputs(self) -> dict[str, str]:
+        """The files (render: a directory) the job writes, by name; its record not included."""
+        run = self.run_dir if self.name in RUN_JOBS else None
+        e = self.experiment
+        return {
+            "setup": lambda: {"env": f"{RESULTS}/{e}/{rundir.ENVIRONMENT}"},
+            "train": lambda: {"model": f"{run}/{rundir.MODEL}", "run": f"{run}/{rundir.RUN_INFO}",
+                              "train_log": f"{run}/{rundir.TRAIN_LOG}", "eval_log": f"{run}/{rundir.EVAL_LOG}"},
+            "evaluate": lambda: {"eval": f"{run}/{rundir.FINAL_EVAL}"},
+            "analyse": lambda: {"routes": f"{run}/{rundir.ROUTES}"},
+            "render": lambda: {"videos": f"{run}/{rundir.VIDEOS}"},
+            "report": lambda: {"html": f"reports/{e}.html", "metrics": f"metrics/{e}.json",
+                               "timing": f"reports/{e}.timing.json", "curves": f"reports/curves/{e}.csv"},
+        }[self.name]()
+
+    def run_job(self, name: str) -> Job:
+        return Job(name, self.experiment, self.method, self.seed)
+
+
+def runs(params: Params, experiment: str) -> list[Job]:
+    """The training jobs of an experiment, methods in order, then seeds."""
+    exp = params.experiment(experiment)
+    return [Job("train", experiment, m, s) for m in exp.methods for s in exp.seeds]
+
+
+def video_jobs(params: Params, experiment: str) -> list[Job]:
+    """The render jobs the report embeds: each method's first seed; none when videos are off."""
+    if not render_config(params.raw, experiment).enabled:
+        return []
+    exp = params.experiment(experiment)
+    return [Job("render", experiment, m, exp.seeds[0]) for m in exp.methods]
+
+
+def inputs(job: Job, params: Params) -> dict[str, list[tuple[Job, str]]]:
+    """What a job reads from other jobs, by name: (the job that writes it, its output's name)."""
+    if job.name in ("setup", "train"):
+        return {}
+    if job.name in ("evaluate", "render"):
+        train = job.run_job("train")
+        return {"model": [(train, "model")], "run": [(train, "run")]}
+    if job.name == "analyse":
+        return {"eval": [(job.run_job("evaluate"), "eval")], "eval_log": [(job.run_job("train"), "eval_log")]}
+    trains = runs(params, job.experiment)
+    return {
+        "env": [(Job("setup", job.experiment), "env")],
+        "runs": [(t, "run") for t in trains],
+        "eval_logs": [(t, "eval_log") for t in trains],
+        "evals": [(t.run_job("evaluate"), "eval") for t in trains],
+        "routes": [(t.run_job("analyse"), "routes") for t in trains],
+        "videos": [(r, "videos") for r in video_jobs(params, job.experiment)],
+    }
+
+
+def input_files(job: Job, params: Params) -> dict[str, list[str]]:
+    return {name: [j.outputs()[out] for j, out in items] for name, items in inputs(job, params).items()}
+
+
+def upstream(job: Job, params: Params) -> list[Job]:
+    """The jobs whose outputs this job reads, each once."""
+    found: dict[Job, None] = {}
+    for items in inputs(job, params).values():
+        found.update((j, None) for j, _ in items)
+    return list(found)
+
+
+def job_params(job: Job, params: Params) -> dict[str, Any]:
+    """Exactly what the job depends on in params.yaml (its rule's `params:`): a change re-runs it."""
+    if job.name == "setup":
+        exp = params.experiment(job.experiment)
+        return {"benchmark": exp.benchmark, "tasks": list(exp.tasks), "goal_mode": exp.goal_mode,
+                "env": dataclasses.asdict(params.env), "device": params.device}
+    if job.name == "train":
+        return params.run(job.experiment, job.method, int(job.seed)).training_dict()
+    if job.name == "evaluate":
+        params.run(job.experiment, job.method, int(job.seed))  # a clear error for an unknown method or seed
+        return {"final_eval_episodes": params.experiment(job.experiment).final_eval_episodes}
+    if job.name == "analyse":
+        return {}
+    if job.name == "render":
+        return dataclasses.asdict(render_config(params.raw, job.experiment))
+    raw = params.raw["experiments"][params.experiment(job.experiment).name]
+    return {"experiment": raw, "methods": {m: params.raw["methods"][m] for m in raw["methods"]},
+            "videos": render_config(params.raw, job.experiment).enabled}
+
+
+def experiment_jobs(params: Params, experiment: str) -> list[Job]:
+    """Every job the experiment's report is built from, the report last."""
+    trains = runs(params, experiment)
+    jobs = [Job("setup", experiment), *trains]
+    jobs += [t.run_job(name) for name in ("evaluate", "analyse") for t in trains]
+    return [*jobs, *video_jobs(params, experiment), Job("report", experiment)]
