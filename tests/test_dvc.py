@@ -97,6 +97,9 @@ def test_a_clone_after_dvc_pull_plans_nothing_then_exactly_what_a_change_touches
     for rel in (TARGET, f"metrics/{EXPERIMENT}.json", f"results/{EXPERIMENT}/d2r/seed0/model.pt"):
         assert (repo / rel).read_bytes() == (origin / rel).read_bytes(), rel
     assert planned(repo) == {}
+    # Forcing one run's training re-runs what was made from it too.
+    forced = planned(repo, "--forcerun", f"results/{EXPERIMENT}/d2r/seed0/model.pt")
+    assert forced == {"train": 1, "evaluate": 1, "analyse": 1, "report": 1}, forced
     # Evaluation settings: evaluate and what reads its output, no training.
     edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(final_eval_episodes=2))
     assert planned(repo) == {"evaluate": 2, "analyse": 2, "report": 1}
@@ -133,17 +136,20 @@ def test_a_truncated_intermediate_is_named_and_rebuilt_and_nothing_else_goes(ori
                      "(edited or damaged since)"], lines
     assert planned(repo) == {"evaluate": 1, "analyse": 1, "report": 1}
     snakemake(repo, "--cores", "2", TARGET)
-    assert (repo / damaged).read_bytes() == good
+    rebuilt, original = (json.loads(text) for text in ((repo / damaged).read_text(), good.decode()))
+    assert rebuilt.pop("wall_time") > 0 and original.pop("wall_time") > 0
+    assert rebuilt == original
     assert (model.read_bytes(), model.stat().st_mtime_ns) == model_state
-    assert (repo / TARGET).read_bytes() == (origin / TARGET).read_bytes()
+    metrics = f"metrics/{EXPERIMENT}.json"
+    assert (repo / metrics).read_bytes() == (origin / metrics).read_bytes()
     assert planned(repo) == {}
 
 
 def test_a_failed_dvc_exp_run_on_a_tree_snakemake_built_loses_no_file(origin, tmp_path):
-    """Results that Snakemake built after the last Git commit (dvc.lock not committed): DVC's
+    """Results that Snakemake trained after the last Git commit (dvc.lock not committed): DVC's
     experiment starts by checking the workspace out from dvc.lock, which Snakemake kept current."""
     repo = clone(origin, tmp_path / "clone")
-    edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(final_eval_episodes=2))
+    edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(train={"lr": 1e-3}))
     snakemake(repo, "--cores", "2", TARGET)
     assert (repo / "results" / EXPERIMENT / "d2r" / "seed0" / "checkpoints").is_dir()
     before = contents(snapshot(repo))
@@ -163,6 +169,13 @@ def _wait_for_queue(repo: Path, timeout: float = 1500) -> str:
     raise AssertionError(f"the DVC queue did not finish:\n{status}")
 
 
+def checkout(repo: Path, experiment: str) -> None:
+    """An experiment's commit and results into the workspace, as the README says."""
+    sh(repo, "dvc", "exp", "branch", experiment, f"exp-{experiment}")
+    sh(repo, "git", "checkout", "-q", f"exp-{experiment}")
+    sh(repo, "dvc", "checkout", STAGE)
+
+
 def _run_info(repo: Path, method: str) -> dict:
     return json.loads((repo / "results" / EXPERIMENT / method / "seed0" / "run.json").read_text())
 
@@ -174,7 +187,7 @@ def test_queued_experiments_train_with_their_own_parameters(origin, tmp_path):
     repo = clone(origin, tmp_path / "clone")
     base_models = {m: (repo / "results" / EXPERIMENT / m / "seed0" / "model.pt").read_bytes() for m in METHODS}
     assert _run_info(repo, "d2r")["config"]["sac"]["lr"] == 3e-4
-    for name, setting in (("lr-low", "experiments.tiny.train.lr=5e-4"), ("lr-high", "experiments.tiny.train.lr=2e-3"),
+    for name, setting in (("lr-low", "train.lr=5e-4"), ("lr-high", "+experiments.tiny.train.lr=2e-3"),
                           ("eval-only", "experiments.tiny.final_eval_episodes=2")):
         sh(repo, "dvc", "exp", "run", "--queue", "-n", name, "-S", setting, STAGE)
     sh(repo, "dvc", "queue", "start", "-j", "1")
@@ -182,12 +195,12 @@ def test_queued_experiments_train_with_their_own_parameters(origin, tmp_path):
     assert status.count("Success") == 3, status
 
     for name, lr in (("lr-low", 5e-4), ("lr-high", 2e-3)):
-        sh(repo, "dvc", "exp", "apply", name)
+        checkout(repo, name)
         for m in METHODS:
             assert _run_info(repo, m)["config"]["sac"]["lr"] == lr, (name, m)
             assert (repo / "results" / EXPERIMENT / m / "seed0" / "model.pt").read_bytes() != base_models[m], (name, m)
         assert planned(repo) == {}
-    sh(repo, "dvc", "exp", "apply", "eval-only")
+    checkout(repo, "eval-only")
     for m in METHODS:
         assert _run_info(repo, m)["config"]["sac"]["lr"] == 3e-4
         assert (repo / "results" / EXPERIMENT / m / "seed0" / "model.pt").read_bytes() == base_models[m], m

@@ -95,9 +95,10 @@ def snakemake(repo: Path, *args: str) -> str:
     return sh(repo, sys.executable, "-m", "snakemake", *args)
 
 
-def planned(repo: Path) -> dict[str, int]:
-    """Jobs a dry run of the tiny report would run: rule -> count ({} when nothing)."""
-    out = snakemake(repo, "-n", TARGET)
+def planned(repo: Path, *args: str) -> dict[str, int]:
+    """Jobs a dry run of the tiny report (with these extra arguments) would run: rule -> count
+    ({} when nothing)."""
+    out = snakemake(repo, "-n", TARGET, *args)
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:", 1)[1]

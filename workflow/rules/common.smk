@@ -74,9 +74,9 @@ def job_outputs(name: str) -> dict:
 def job_inputs(name: str):
     """A rule's input function: the job's sources and the files it reads; an outdated job is
     forced on the way. Their times decide nothing (see the top of this file), so they are
-    `ancient`, but for the outputs of an outdated job: Snakemake then re-runs this job after that
-    one (it does not carry a job's re-run over ancient inputs, and skips the forced flag of a job
-    below one that re-runs)."""
+    `ancient`, but for the outputs of a job that will run (outdated, or forced by --forcerun):
+    Snakemake then re-runs this job after that one (it does not carry a job's re-run over ancient
+    inputs, and skips the forced flag of a job below one that re-runs)."""
 
     def inputs(wildcards) -> dict:
         job = job_of(name, wildcards)
@@ -87,7 +87,7 @@ def job_inputs(name: str):
 
     def path(before: Job, output: str):
         file = before.outputs()[output]
-        return file if outdated(before) else ancient(file)
+        return file if outdated(before) or forced(before) else ancient(file)
 
     return inputs
 
@@ -122,14 +122,26 @@ def rebuild_if_outdated(job: Job) -> None:
     force(job.record)
 
 
-def force(output: str) -> None:
-    """Snakemake's --forcerun for one job, from within the DAG's construction. Snakemake has no
-    public API for this: the DAG's set of forced files is used as Snakemake 9.27.1 (pinned) keeps
-    it, and a Snakemake without it stops here (tests/test_pipeline.py checks the plans)."""
-    forced = getattr(getattr(workflow, "_dag", None), "forcefiles", None)
-    if not isinstance(forced, set):
+def forced_sets() -> tuple[set, set]:
+    """The DAG's forced files and rules (--forcerun, and ours), from within its construction.
+    Snakemake has no public API for them: they are used as Snakemake 9.27.1 (pinned) keeps them,
+    and a Snakemake without them stops here (tests/test_pipeline.py and test_dvc.py check plans)."""
+    dag = getattr(workflow, "_dag", None)
+    files, rules = getattr(dag, "forcefiles", None), getattr(dag, "forcerules", None)
+    if not isinstance(files, set) or not isinstance(rules, set):
         raise WorkflowError(
             "cannot mark an outdated result for rebuilding: this Snakemake keeps no DAG.forcefiles "
             "set (the pipeline is written for snakemake==9.27.1; see workflow/rules/common.smk)"
         )
-    forced.add(output)
+    return files, rules
+
+
+def force(output: str) -> None:
+    """Snakemake's --forcerun for the job that writes `output`."""
+    forced_sets()[0].add(output)
+
+
+def forced(job: Job) -> bool:
+    """Whether the user forced the job (--forcerun a rule or one of its files, --forceall)."""
+    files, rules = forced_sets()
+    return job.name in {rule.name for rule in rules} or not files.isdisjoint([*job.outputs().values(), job.record])
