@@ -472,6 +472,9 @@ class MultiTaskSAC(nn.Module):
 
     def load_optimizer_state(self, state: dict) -> None:
         self._graphed = None  # the optimisers' state tensors are replaced: a graph would use the old ones
-        self.policy_optim.load_state_dict(state["policy"])
-        self.q_optim.load_state_dict(state["q"])
-        self.alpha_optim.load_state_dict(state["alpha"])
+        for optim, name in ((self.policy_optim, "policy"), (self.q_optim, "q"), (self.alpha_optim, "alpha")):
+            optim.load_state_dict(state[name])
+            # load_state_dict takes the writer's settings too; capturable must be this run's mode (with
+            # cuda_graphs auto, the writer may have resolved it otherwise), or a graph capture fails
+            for group in optim.param_groups:
+                group["capturable"] = self.update_mode == "graph"

@@ -1,6 +1,7 @@
 """What a GPU run does differently, checked on the CPU: resuming a CUDA run (its checkpoint read
 onto the CPU, every random state restored, the CUDA generator's into the GPU the resumed run
-uses) and a checkpoint from the other kind of device refused in one line. tests/test_cuda.py checks the rest on a GPU."""
+uses), a checkpoint from the other kind of device refused in one line, and optimiser settings
+that follow the resuming run's update mode. tests/test_cuda.py checks the rest on a GPU."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from d2r.config import load_params
 from d2r.io import CheckpointError
 from d2r.seeding import _numpy_state, _tuples
 from d2r.train import Trainer
+from test_agent import filled_buffer, make_agent
 from test_train import tiny_params
 
 
@@ -85,3 +87,19 @@ def test_a_checkpoint_resumes_only_on_the_kind_of_device_that_wrote_it(tmp_path)
         assert resumed.epoch == 0  # nothing restored
     finally:
         resumed.close()
+
+
+@pytest.mark.parametrize("mode", ["off", "graph"])
+def test_loaded_optimiser_state_keeps_this_runs_capturable_setting(mode):
+    """A checkpoint of a run whose `cuda_graphs: auto` resolved the other way: a graph-mode run needs
+    capturable optimisers (its capture fails without), the others are left plain."""
+    agent = make_agent()
+    agent.update(filled_buffer(agent).sample(4))  # the optimisers' moments exist
+    state = agent.optimizer_state()
+    for part in state.values():
+        for group in part["param_groups"]:
+            group["capturable"] = mode != "graph"
+    agent.update_mode = mode  # (a graph needs CUDA; only the loading is checked here)
+    agent.load_optimizer_state(state)
+    for optim in (agent.policy_optim, agent.q_optim, agent.alpha_optim):
+        assert [g["capturable"] for g in optim.param_groups] == [mode == "graph"] * len(optim.param_groups)
