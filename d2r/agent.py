@@ -398,7 +398,8 @@ class MultiTaskSAC(nn.Module):
                 from d2r.cuda_graph import GraphedUpdate
 
                 self._graphed = GraphedUpdate(self._update)
-            return self._graphed(batch)
+            with torch.cuda.device(self.device):  # its streams and capture are the current device's
+                return self._graphed(batch)
         return self._update(batch)
 
     def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
