@@ -193,6 +193,7 @@ def table(results: dict) -> str:
             return r
         return None
 
+    step("learning runs start")  # (a row only when it failed)
     if r := step("CUDA tests"):
         add("CUDA tests", f"{r['summary']} ({r['seconds']} s)")
     if r := step("updates/s"):
@@ -213,7 +214,8 @@ def table(results: dict) -> str:
                 f"{row['kernels_per_update']:.0f} kernels + {row['copies_per_update']:.0f} copies per update, "
                 f"GPU busy {_fmt(row['gpu_busy_ms'])} of {row['ms']:.2f} ms ({_fmt(row.get('busy_fraction'), '.0%')}), "
                 f"mean kernel {_fmt(row['mean_kernel_us'], '.1f')} us, {row['launches_per_update']:.0f} launches, "
-                f"{row['graph_launches_per_update']:.0f} graph launches, {row['host_syncs_per_update']:.0f} host syncs, "
+                f"{row['graph_launches_per_update']:.0f} graph launches, "
+                f"{row['host_syncs_per_update']:.0f} host syncs, "
                 f"{row['aten_ops_per_update']:.0f} aten ops"))
     if r := step("D2R large batch"):
         rows = r["rows"]
@@ -243,8 +245,9 @@ def table(results: dict) -> str:
                                                      + ", ".join(f"{t:.2f}" for t in row["epochs_s"]) + ")"))
     evaluation = step("evaluation")
     if evaluation:
-        add("periodic evaluation (MT10, sync)", f"{evaluation['episode_s']:.2f} s per episode of every task; "
-                                                 f"{evaluation['eval_episodes']} episodes: {evaluation['evaluation_s']:.1f} s")
+        add("periodic evaluation (MT10, sync)",
+            f"{evaluation['episode_s']:.2f} s per episode of every task; "
+            f"{evaluation['eval_episodes']} episodes: {evaluation['evaluation_s']:.1f} s")
     if epochs and evaluation:
         measured = {k: v["epoch_s"] for k, v in epochs["rows"].items() if "epoch_s" in v}
         if measured:
@@ -266,7 +269,8 @@ def table(results: dict) -> str:
             add(f"easy3 {name}", f"{x['epochs']} epochs, {x['updates']} updates in {_fmt(x['wall_s'], '.0f')} s "
                                  "(paused while timing); "
                                  f"mean success at epoch {evals}")
-    peaks = [x.get("peak_gb", 0) for s in ("updates/s", "D2R large batch") for x in steps.get(s, {}).get("rows", {}).values()]
+    peaks = [x.get("peak_gb", 0) for s in ("updates/s", "D2R large batch")
+             for x in steps.get(s, {}).get("rows", {}).values()]
     if peaks:
         add("peak GPU memory", f"{max(peaks):.2f} GB (the update steps)")
     width = max(len(name) for name, _ in lines) if lines else 0
@@ -324,8 +328,8 @@ def main(argv=None) -> int:
             ("training epochs", 55, True, lambda d: measure.training_epochs(params, sizes, device, d)),
             ("evaluation", 10, True, lambda d: measure.evaluation_cost(params, sizes, device, d)),
             ("D2R large batch", 12, True, lambda d: measure.d2r_large_batch(params, sizes, device, d)),
-            ("shared GPU", 30, True, lambda d: runs.shared_gpu(params_file, device, sizes,
-                                                               [tmp / "shared" / f"worker{i}.log" for i in range(3)], d)),
+            ("shared GPU", 30, True, lambda d: runs.shared_gpu(
+                params_file, device, sizes, [tmp / "shared" / f"worker{i}.log" for i in range(3)], d)),
             ("collection", 40, True, lambda d: measure.collection_rates(params, sizes, device, d)),
             ("learning runs", 30, False, lambda d: learning[0].collect(d, out / "learning.jsonl") if learning else
              {"runs": {}}),
@@ -338,7 +342,6 @@ def main(argv=None) -> int:
                 check.run(name, share, sum(later[1] for later in plan[i + 1:]), fn)
                 if name in logs:
                     check.keep_logs(name, runs.logs_of(tmp / logs[name]))
-                    check.write()
         finally:
             runs.stop_all()
     check.write()

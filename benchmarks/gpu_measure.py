@@ -224,7 +224,8 @@ def collection_rates(params, sizes, device, deadline) -> dict:
             continue
         try:
             out[benchmark] = bench.bench_collection(benchmark, sizes.env_steps, rounds=3)
-            print(f"{benchmark}: " + ", ".join(f"{k} {v:.0f} env-steps/s" for k, v in out[benchmark].items()), flush=True)
+            print(f"{benchmark}: " + ", ".join(f"{k} {v:.0f} env-steps/s" for k, v in out[benchmark].items()),
+                  flush=True)
         except Exception as err:
             out[benchmark] = {"error": f"{type(err).__name__}: {err}"}
     for benchmark in ("MT10", "MT50"):
@@ -341,7 +342,8 @@ def shared_worker(argv: list[str]) -> int:
     times, start = [], time.perf_counter()
     while len(times) < 3 or time.perf_counter() - start < args.seconds:
         times += block_times(lambda: agent.update(buf.sample(args.batch_per_task)), args.calls, 1, device)
-    print(json.dumps({"ms": 1000 * median(times), "updates_per_s": 1 / median(times), "blocks": len(times)}), flush=True)
+    result = {"ms": 1000 * median(times), "updates_per_s": 1 / median(times), "blocks": len(times)}
+    print(json.dumps(result), flush=True)
     return 0
 
 

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILDREN: list[subprocess.Popen] = []
 #: every network kind at a few dozen units (the CPU dry run)
 SMALL_NETS = {"d2r": dict(encoder=[32, 32], num_modules=4, width=16, router_hidden=[16]),
-              "mtsac": dict(hidden=[32, 32]), "mhsac": dict(hidden=[32, 32]), "moe": dict(num_experts=2, hidden=[32, 32]),
+              "mtsac": dict(hidden=[32, 32]), "mhsac": dict(hidden=[32, 32]),
+              "moe": dict(num_experts=2, hidden=[32, 32]),
               "softmod": dict(num_layers=2, num_modules=2, module_width=16, encoder=[32, 32], embed_dim=32,
                               routing_hidden=16)}
 
