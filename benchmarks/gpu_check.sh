@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check of issue 19 in one command, for a bare GPU machine (Python 3.12 and torch with CUDA,
-# but no mujoco, metaworld, gymnasium or jsonschema): installs the packages from ./wheels (built on a
-# machine with network by benchmarks/gpu_wheels.sh) into a temporary folder, then runs
-# benchmarks/gpu_check.py (its docstring lists the steps; about 8 minutes on an H200), which prints
-# one table and writes its logs and gpu_check.json to --out (default: $OUT, else benchmarks/runs/gpu_check).
+# The GPU check in one command, for a bare GPU machine (Python 3.12 and torch with CUDA, but no mujoco,
+# metaworld, gymnasium or jsonschema): installs the packages from ./wheels (built on a machine with
+# network by benchmarks/gpu_wheels.sh) into a temporary folder, then runs benchmarks/gpu_check.py (its
+# docstring lists the steps; 6 minutes, its --budget), which writes its table, JSON and logs to --out
+# (default: $OUT, else benchmarks/runs/gpu_check) after every step and prints the table last.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, from anywhere
 #   bash benchmarks/gpu_check.sh --cpu      # dry run on a CPU (small sizes), to check the script

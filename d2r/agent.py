@@ -398,7 +398,8 @@ class MultiTaskSAC(nn.Module):
                 from d2r.cuda_graph import GraphedUpdate
 
                 self._graphed = GraphedUpdate(self._update)
-            return self._graphed(batch)
+            with torch.cuda.device(self.device):  # its streams and capture are the current device's
+                return self._graphed(batch)
         return self._update(batch)
 
     def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -472,6 +473,9 @@ class MultiTaskSAC(nn.Module):
 
     def load_optimizer_state(self, state: dict) -> None:
         self._graphed = None  # the optimisers' state tensors are replaced: a graph would use the old ones
-        self.policy_optim.load_state_dict(state["policy"])
-        self.q_optim.load_state_dict(state["q"])
-        self.alpha_optim.load_state_dict(state["alpha"])
+        for optim, name in ((self.policy_optim, "policy"), (self.q_optim, "q"), (self.alpha_optim, "alpha")):
+            optim.load_state_dict(state[name])
+            # load_state_dict takes the writer's settings too; capturable must be this run's mode (with
+            # cuda_graphs auto, the writer may have resolved it otherwise), or a graph capture fails
+            for group in optim.param_groups:
+                group["capturable"] = self.update_mode == "graph"

@@ -7,10 +7,14 @@ collection can run in a background thread while the learner updates (`start` / `
 results identical from run to run. Overlapped, the episode of epoch e is collected by the
 policy as it was before epoch e's updates, and those updates see the data of epochs < e: the
 behaviour policy is at most one epoch (updates_per_epoch updates) old.
+
+On a GPU the episode runs on its own CUDA stream: every step reads its action back to the host,
+and on the learner's stream that read would wait for every update queued there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from dataclasses import dataclass, field
@@ -36,12 +40,21 @@ class Collector:
         self.temperature = agent.temperature.clone()
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._thread: threading.Thread | None = None
         self._result: Episode | BaseException | None = None
 
     def _snapshot(self) -> None:
         self.policy.load_state_dict(self.agent.policy.state_dict())
         self.temperature.copy_(self.agent.temperature)
+        if self.stream is not None:  # the episode starts after these copies, and after the learner's
+            # reads of the last episode's tensors (their memory is the episode stream's to reuse)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+
+    def _handover(self) -> None:
+        """The learner's stream waits for the episode's tensors (then it may read and free them)."""
+        if self.stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def _act(self, state, task):
         return behaviour_action(self.policy, self.temperature, state, task, self.generator)
@@ -54,13 +67,16 @@ class Collector:
             transitions.append((state, action, torch.as_tensor(reward, dtype=torch.float32, device=self.device),
                                 next_state, torch.as_tensor(done, device=self.device), route))
 
-        success = run_episode(self.envs, self._act, self.device, on_step=keep).success
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            success = run_episode(self.envs, self._act, self.device, on_step=keep).success
         return Episode(success, transitions)
 
     def run(self) -> Episode:
         """Collect one episode now, with the current policy."""
         self._snapshot()
-        return self._episode()
+        episode = self._episode()
+        self._handover()
+        return episode
 
     def start(self) -> None:
         """Collect one episode in a background thread with the current policy; `join` returns it."""
@@ -82,6 +98,7 @@ class Collector:
 
     def join(self) -> Episode:
         self._thread.join()
+        self._handover()
         self._thread, result, self._result = None, self._result, None
         if isinstance(result, BaseException):
             raise result

@@ -30,15 +30,16 @@ def _numpy_state() -> dict:
     return state
 
 
-def global_rng_state() -> dict:
-    """python's, numpy's and torch's global generators (and CUDA's when present)."""
+def global_rng_state(device: torch.device | str = "cpu") -> dict:
+    """python's, numpy's and torch's global generators, and on a GPU `device` its CUDA generator
+    (the one the run's updates draw from; the other GPUs' are not the run's)."""
     state = {
         "python": random.getstate(),
         "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
@@ -49,13 +50,17 @@ def _tuples(value):
     return value
 
 
-def restore_global_rng_state(state: dict) -> None:
-    """Restore what `global_rng_state` returned (also after a round trip through a checkpoint)."""
+def restore_global_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
+    """Restore what `global_rng_state` returned (also after a round trip through a checkpoint).
+
+    torch takes generator states as CPU byte tensors only, whatever device they were loaded onto.
+    The CUDA state goes to the run's GPU `device`, which after a requeue may have another index
+    than the GPU that wrote it."""
     random.setstate(_tuples(state["python"]))
     numpy_state = dict(state["numpy"])
     numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
                             "pos": numpy_state["state"]["pos"]}
     np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    torch.set_rng_state(state["torch"].cpu())
+    if torch.device(device).type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -37,7 +37,7 @@ from d2r.collect import Collector
 from d2r.config import RunConfig
 from d2r.devices import resolve_device
 from d2r.evaluate import evaluate_agent
-from d2r.io import append_text, atomic_write_bytes, atomic_write_json, dump_json
+from d2r.io import CheckpointError, append_text, atomic_write_bytes, atomic_write_json, dump_json
 from d2r.live import LiveView
 from d2r.nets import parameter_count
 from d2r.provenance import code_version
@@ -170,7 +170,8 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "optimizers": self.agent.optimizer_state(),
             "replay": self.buffer.state_dict(),
-            "rng": global_rng_state(),
+            "device": self.device.type,
+            "rng": global_rng_state(self.device),
             "collector_rng": self.collector.generator.get_state(),
             "env_rng": {"train": mw.get_rng_state(self.envs), "eval": mw.get_rng_state(self.eval_envs)},
             "logs": {"train": self.train_log.records, "eval": self.eval_log.records},
@@ -181,7 +182,9 @@ class Trainer:
 
     def resume(self) -> bool:
         files = checkpoint_files(self.checkpoint_dir)
-        state = load_latest_checkpoint(self.checkpoint_dir, map_location=self.device)
+        # Read onto the CPU: torch restores random states from CPU byte tensors only; the agent,
+        # optimisers and replay buffer copy their tensors to the device as they load them.
+        state = load_latest_checkpoint(self.checkpoint_dir)
         if state is None:
             if files:
                 print(f"warning: none of the {len(files)} checkpoints in {self.checkpoint_dir} is readable; "
@@ -204,11 +207,18 @@ class Trainer:
             if old != self.budget.epochs:
                 print(f"continuing the run of {old} epochs to {self.budget.epochs} epochs (epochs raised)",
                       file=sys.stderr)
+        written_on = state.get("device", "cpu")  # (checkpoints from before the key: no GPU run had been made)
+        if written_on != self.device.type:
+            raise CheckpointError(
+                f"{self.checkpoint_dir}: the checkpoints were written by a run on {written_on} and this run is on "
+                f"{self.device.type}; a run resumes only on the kind of device that wrote it (the collector's random "
+                f"stream is device-specific): set device: {written_on} in params.yaml to continue it, or delete "
+                f"{self.checkpoint_dir} to start afresh")
         self.epoch, self.updates, self.wall_time = state["epoch"], state["updates"], state["wall_time"]
         self.agent.load_state_dict(state["agent"])
         self.agent.load_optimizer_state(state["optimizers"])
         self.buffer.load_state_dict(state["replay"])
-        restore_global_rng_state(state["rng"])
+        restore_global_rng_state(state["rng"], self.device)
         self.collector.generator.set_state(state["collector_rng"].cpu())
         mw.set_rng_state(self.envs, state["env_rng"]["train"])
         mw.set_rng_state(self.eval_envs, state["env_rng"]["eval"])

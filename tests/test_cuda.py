@@ -1,7 +1,8 @@
 """The update on a CUDA device (skipped without one): every method's update on CUDA equals the CPU
 update on the same batch (cuda_graphs off, and the capturable update run eagerly), the capturable
-update makes no host synchronisation, and the CUDA-graph update (cuda_graphs on) equals the eager
-one. benchmarks/gpu_check.sh runs this file on a GPU machine."""
+update makes no host synchronisation, the CUDA-graph update (cuda_graphs on) equals the eager
+one, and collection on its own stream during graph replays equals collection alone.
+benchmarks/gpu_check.sh runs this file on a GPU machine."""
 
 from __future__ import annotations
 
@@ -146,3 +147,35 @@ def test_cuda_replay_samples_the_cpu_replays_batches():
         a, b = cpu.sample(5), cuda.sample(5)
         for f in dataclasses.fields(a):
             assert torch.equal(getattr(a, f.name), getattr(b, f.name).cpu()), f.name
+
+
+def test_collection_on_its_own_stream_while_graph_updates_replay_equals_collection_alone():
+    """The collector's episode on its stream, overlapped with the warm-up, capture and replays of
+    CUDA-graph updates on the learner's, equals the episode collected with nothing else running
+    (the same policy snapshot, generator and env streams), and the learner reads it whole."""
+    from d2r import envs as mw
+    from d2r.collect import Collector
+
+    tasks = ["reach", "push"]
+    a = MultiTaskSAC(CASES["d2r"][0], dataclasses.replace(SAC, cuda_graphs="on"), mw.STATE_DIM, mw.ACTION_DIM,
+                     len(tasks), CUDA)
+    collectors = [Collector(a, mw.make_task_envs(tasks, seed=0, max_episode_steps=30), CUDA, seed=0,
+                            cut_on_truncation=True) for _ in range(2)]
+    try:
+        alone = collectors[0].run()
+        buf = TaskReplayBuffer(len(tasks), 50, mw.STATE_DIM, mw.ACTION_DIM, a.policy.net.route_shape, seed=0,
+                               device=CUDA)
+        for transition in alone.transitions:
+            buf.add(*transition)
+        collectors[1].start()
+        for _ in range(20):
+            a.update(buf.sample(8))
+        overlapped = collectors[1].join()
+    finally:
+        for c in collectors:
+            c.envs.close()
+    assert a._graphed.graph is not None and a.pop_fault() is None
+    assert (overlapped.success == alone.success).all() and len(overlapped.transitions) == len(alone.transitions) == 30
+    for step, (x, y) in enumerate(zip(overlapped.transitions, alone.transitions)):
+        for name, u, v in zip(("state", "action", "reward", "next_state", "done", "route"), x, y):
+            assert torch.equal(u.cpu(), v.cpu()), f"step {step}: {name}"
