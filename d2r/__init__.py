@@ -8,3 +8,14 @@ import os
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `d2r.load_policy` (d2r/policy.py), imported when first used: `import d2r` stays free of torch
+    # (the Snakefile and the report read parameters and files only). By name, not an import
+    # statement: d2r.sources reads import statements, and no job reaches d2r.policy through here.
+    if name == "load_policy":
+        import importlib
+
+        return importlib.import_module("d2r.policy").load_policy
+    raise AttributeError(f"module 'd2r' has no attribute {name!r}")

@@ -109,8 +109,11 @@ class ExperimentConfig:
     seeds: tuple[int, ...]
     preset: str
     budget: BudgetConfig
-    final_eval_episodes: int
+    final_eval_episodes: int | None       # None: read back from a run.json (d2r.config.run_from_dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)  # over the top-level `train`
+    #: episodes per task of Meta-World's own protocol in the final evaluation (metaworld.evaluation;
+    #: its default, 50, unless params.yaml says otherwise); None when read back from a run.json
+    metaworld_eval_episodes: int | None = 50
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,19 @@ class RunConfig:
         """What training depends on, as JSON data (the final evaluation's settings excluded)."""
         data = dataclasses.asdict(self)
         data["experiment"].pop("final_eval_episodes")
+        data["experiment"].pop("metaworld_eval_episodes")
         return data
+
+
+def run_from_dict(data: dict[str, Any]) -> RunConfig:
+    """The inverse of RunConfig.training_dict (a run's run.json "config"): the run as it was trained.
+    The final evaluation's settings are not part of it (None): they are the evaluate job's.
+    Raises TypeError or KeyError for a dict of another layout."""
+    exp = dict(data["experiment"])
+    exp.update(tasks=tuple(exp["tasks"]), methods=tuple(exp["methods"]), seeds=tuple(exp["seeds"]),
+               budget=BudgetConfig(**exp["budget"]), final_eval_episodes=None, metaworld_eval_episodes=None)
+    return RunConfig(experiment=ExperimentConfig(**exp), method=MethodConfig(**data["method"]), seed=int(data["seed"]),
+                     env=EnvConfig(**data["env"]), sac=SACConfig(**data["sac"]), device=data["device"])
 
 
 @dataclass(frozen=True)
@@ -296,6 +311,7 @@ def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: s
         budget=budget,
         final_eval_episodes=raw_exp["final_eval_episodes"],
         train_overrides=dict(raw_exp.get("train", {})),
+        metaworld_eval_episodes=raw_exp.get("metaworld_eval_episodes", 50),
     )
 
 

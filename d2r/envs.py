@@ -66,6 +66,7 @@ __all__ = [
     "full_name",
     "short_name",
     "make_task_envs",
+    "make_metaworld_eval_envs",
     "step_outcome",
     "get_rng_state",
     "set_rng_state",
@@ -225,6 +226,29 @@ def make_task_envs(
         envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="fork")
     envs.action_space.seed(_seed_int(seed, _KEY_VEC_ACTION, stream))
     return envs
+
+
+def make_metaworld_eval_envs(tasks: Sequence[str], seed: int, reward_version: str = "v2") -> gym.vector.VectorEnv:
+    """Meta-World's own evaluation envs, for its protocol (metaworld.evaluation.evaluation): env
+    ``i`` runs ``tasks[i]`` over the benchmark's 50 goal variations (a new one at every reset),
+    500-step episodes (Meta-World's default), observations of 39 floats (no one-hot).
+
+    Built by Meta-World itself: a whole benchmark in its order exactly as ``gym.make_vec(
+    "Meta-World/MT10", seed=seed)`` builds it (``metaworld.make_mt_envs``); a subset task by task as
+    ``gym.make_vec("Meta-World/custom-mt-envs")`` does (``make_mt_envs`` of each task with seed + i),
+    except that seed 0 is passed on too (that entry point leaves seed 0 unseeded, so an evaluation
+    of seed 0 would not repeat). The 50 goals of a task depend on the seed and, in a whole
+    benchmark, on the tasks before it, as in Meta-World; nothing here reads the run's streams.
+    """
+    from metaworld import make_mt_envs
+
+    names = [short_name(str(t)) for t in tasks]
+    for benchmark, all_tasks in BENCHMARKS.items():
+        if tuple(names) == tuple(all_tasks):
+            return make_mt_envs(benchmark, seed=int(seed), reward_function_version=reward_version)
+    fns = [functools.partial(make_mt_envs, full_name(name), seed=int(seed) + i, num_tasks=len(names), env_id=i,
+                             reward_function_version=reward_version) for i, name in enumerate(names)]
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def step_outcome(

@@ -138,7 +138,8 @@ def job_params(job: Job, params: Params) -> dict[str, Any]:
         return params.run(job.experiment, job.method, int(job.seed)).training_dict()
     if job.name == "evaluate":
         params.run(job.experiment, job.method, int(job.seed))  # a clear error for an unknown method or seed
-        return {"final_eval_episodes": params.experiment(job.experiment).final_eval_episodes}
+        exp = params.experiment(job.experiment)
+        return {"final_eval_episodes": exp.final_eval_episodes, "metaworld_eval_episodes": exp.metaworld_eval_episodes}
     if job.name == "analyse":
         return {}
     if job.name == "render":

@@ -57,7 +57,8 @@ def tiny_params(raw: dict) -> dict:
                               "checkpoint_every": 1}
     raw["experiments"][EXPERIMENT] = {"benchmark": "MT10", "tasks": ["reach", "drawer-close"], "goal_mode": "fixed",
                                       "methods": list(METHODS), "seeds": [0], "preset": "tiny",
-                                      "final_eval_episodes": 1, "render": {"enabled": False}}
+                                      "final_eval_episodes": 1, "metaworld_eval_episodes": 1,
+                                      "render": {"enabled": False}}
     return raw
 
 

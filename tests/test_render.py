@@ -29,12 +29,14 @@ def backend_ready():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict[str, Path]:
-    """params.yaml with a one-task experiment and the untrained D2R policy of its seed 0 as model.pt."""
+    """params.yaml with a one-task experiment, the untrained D2R policy of its seed 0 as model.pt and
+    its configuration as run.json (what d2r.load_policy reads)."""
     import torch
 
     from d2r.build import build_agent
     from d2r.checkpoint import save_model
     from d2r.config import load_params
+    from d2r.io import atomic_write_json
 
     root = tmp_path_factory.mktemp("render")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -42,14 +44,16 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     raw["nets"]["d2r"] = {"encoder": [32, 32], "num_modules": 4, "width": 16, "top_k": 2, "router_hidden": [32]}
     raw["experiments"][EXPERIMENT] = {
         "benchmark": "MT10", "tasks": [TASK], "goal_mode": "fixed", "methods": ["d2r"], "seeds": [0],
-        "preset": "smoke", "final_eval_episodes": 1,
+        "preset": "smoke", "final_eval_episodes": 1, "metaworld_eval_episodes": 1,
         "render": {"enabled": True, "width": SIZE, "height": SIZE, "frame_stride": STRIDE}}
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     run_dir = root / "results" / EXPERIMENT / "d2r" / "seed0"
     torch.manual_seed(0)
-    agent = build_agent(load_params(params).run(EXPERIMENT, "d2r", 0), torch.device("cpu"))
+    run = load_params(params).run(EXPERIMENT, "d2r", 0)
+    agent = build_agent(run, torch.device("cpu"))
     save_model(run_dir / "model.pt", agent.state_dict())
+    atomic_write_json(run_dir / "run.json", {"config": run.training_dict()})
     return {"root": root, "params": params, "run_dir": run_dir}
 
 

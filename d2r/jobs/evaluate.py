@@ -1,4 +1,11 @@
-"""`python -m d2r evaluate`: final rollouts of a trained model with greedy routes -> eval.json."""
+"""`python -m d2r evaluate`: final rollouts of a trained model -> eval.json, in two protocols.
+
+The policy is loaded from the run directory (d2r.policy.load_policy: the network of the run's own
+run.json, the weights of its model.pt), and so are the envs' settings (tasks, goals, episode
+length); params.yaml gives only this job's own settings: the episodes of each protocol and the
+device. eval.json holds the paper's protocol at the top level (as before) and Meta-World's own
+under "metaworld" (d2r/evaluate.py describes both).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +15,13 @@ from pathlib import Path
 
 import torch
 
-from d2r.build import build_agent, make_run_envs
-from d2r.checkpoint import load_checkpoint_file
+from d2r.build import make_run_envs
 from d2r.config import load_params
 from d2r.devices import claim_device
-from d2r.evaluate import evaluate_agent
+from d2r.evaluate import PAPER_PROTOCOL, evaluate_agent, metaworld_evaluation
 from d2r.io import atomic_write_json
 from d2r.jobs.arguments import add_run_arguments
-from d2r.rundir import RunDir
+from d2r.policy import load_policy
 from d2r.seeding import FINAL_EVAL_STREAM
 
 
@@ -26,26 +32,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    run_cfg = load_params(args.params).run(args.experiment, args.method, args.seed)
+    params = load_params(args.params)
+    exp = params.run(args.experiment, args.method, args.seed).experiment   # (an unknown method or seed: one line)
     if args.threads:
         torch.set_num_threads(args.threads)
-    exp = run_cfg.experiment
-    model_path = RunDir(args.run_dir).model
-    if not model_path.exists():
-        raise SystemExit(f"error: {model_path} not found: train this run first")
-    device, _gpu_lock = claim_device(run_cfg.device)  # held until the job ends
-    torch.manual_seed(run_cfg.seed)
-    agent = build_agent(run_cfg, device)
-    agent.load_state_dict(load_checkpoint_file(model_path, map_location=device))
-    envs = make_run_envs(run_cfg, FINAL_EVAL_STREAM)
+    device, _gpu_lock = claim_device(params.device)  # held until the job ends
+    policy = load_policy(args.run_dir, device)
+    run = policy.run
+    tasks = list(run.experiment.tasks)
+    envs = make_run_envs(run, FINAL_EVAL_STREAM)
     start = time.perf_counter()
     try:
-        result = evaluate_agent(agent, envs, list(exp.tasks), exp.final_eval_episodes)
+        result = evaluate_agent(policy, envs, tasks, exp.final_eval_episodes)
     finally:
         envs.close()
+    paper_time = time.perf_counter() - start
+    result["protocol"] = PAPER_PROTOCOL
+    result["metaworld"] = metaworld_evaluation(policy, tasks, run.seed, exp.metaworld_eval_episodes,
+                                               run.env.reward_version)
+    result["metaworld"]["wall_time"] = round(time.perf_counter() - start - paper_time, 3)
     result.update(experiment=exp.name, method=args.method, seed=args.seed,
                   wall_time=round(time.perf_counter() - start, 3))
     atomic_write_json(args.out, result)
     print(f"{args.experiment}/{args.method}/seed{args.seed}: mean success {result['mean_success']:.3f} "
-          f"over {exp.final_eval_episodes} episodes per task")
+          f"over {exp.final_eval_episodes} episodes per task (paper protocol), "
+          f"{result['metaworld']['mean_success']:.3f} over {exp.metaworld_eval_episodes} (metaworld.evaluation; "
+          f"{result['metaworld']['wall_time']:.1f} s)")
     return 0

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from d2r.jobs.arguments import add_run_arguments
 from d2r.render import RenderError, choose_backend, render_task
-from d2r.rundir import RunDir
 from d2r.seeding import RENDER_STREAM
 
 
@@ -34,26 +33,19 @@ def run(args) -> int:
 
     import torch
 
-    from d2r.build import build_agent, make_run_envs
-    from d2r.checkpoint import load_checkpoint_file
+    from d2r.build import make_run_envs
     from d2r.config import load_params, render_config
     from d2r.io import atomic_write_json
+    from d2r.policy import load_policy
 
     params = load_params(args.params)
-    run_cfg = params.run(args.experiment, args.method, args.seed)
+    params.run(args.experiment, args.method, args.seed)   # (an unknown method or seed: one line)
     cfg = render_config(params.raw, args.experiment, args.params)
-    model_path = RunDir(args.run_dir).model
-    if not model_path.exists():
-        print(f"error: {model_path} not found: train this run first", file=sys.stderr)
-        return 1
     torch.set_num_threads(args.threads or 1)
-    device = torch.device("cpu")
-    agent = build_agent(run_cfg, device)
-    agent.load_state_dict(load_checkpoint_file(model_path, map_location=device))
-    agent.eval()
-    exp = run_cfg.experiment
+    policy = load_policy(args.run_dir, "cpu")   # the run's own network and envs (d2r.policy)
+    exp = policy.run.experiment
     tasks = list(exp.tasks)
-    envs = make_run_envs(run_cfg, RENDER_STREAM, vector_strategy="sync")  # stepped one env at a time
+    envs = make_run_envs(policy.run, RENDER_STREAM, vector_strategy="sync")  # stepped one env at a time
     out = Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,7 +55,7 @@ def run(args) -> int:
     try:
         with torch.no_grad():
             for i, task in enumerate(tasks):
-                videos[task] = render_task(envs.envs[i], i, agent, cfg, tmp / f"{task}.mp4")
+                videos[task] = render_task(envs.envs[i], i, policy, cfg, tmp / f"{task}.mp4")
                 print(f"{task}: {videos[task]['frames']} frames, success {videos[task]['success']}", flush=True)
     finally:
         envs.close()
