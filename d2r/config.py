@@ -221,11 +221,30 @@ def _schema_error(err: jsonschema.ValidationError, source: str, prefix: tuple = 
         path.append(unknown[0])
         message = "unknown key" + (f" (also unknown: {', '.join(unknown[1:])})" if unknown[1:] else "") + (
             f"; known keys: {', '.join(known)}" if known else "")
+    elif err.validator == "type" and isinstance(err.instance, str) and _is_number(err.instance):
+        # YAML 1.1 reads 3e-4 (no dot in the mantissa) as text, not as a number; or it was quoted
+        fixed = _with_dot(err.instance)
+        message += (f" (YAML reads {err.instance} as text: write {fixed})" if fixed != err.instance
+                    else " (a number in quotes is text: remove the quotes)")
     elif "propertyNames" in err.schema_path:  # a name that breaks the naming rule: name it in the path
         path.append(err.instance)
         if err.validator == "pattern":
             message = f"invalid name {err.instance!r} (names must match {err.validator_value})"
     return ParamsError(f"{source}: {_key_path(path)}: {message}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _with_dot(text: str) -> str:
+    """3e-4 -> 3.0e-4: a form YAML reads as a number."""
+    mantissa, e, exponent = text.lower().partition("e")
+    return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
 
 
 def _relevance(err: jsonschema.ValidationError):

@@ -30,13 +30,22 @@ FINAL_SUCCESS = {
     ("mtsac", 0): [0.5, 0.0, 0.0],   # mean 1/6
     ("mtsac", 1): [1.0, 0.5, 0.0],   # mean 1/2
 }
+# Final mean episode return per task (paper protocol): 100 (i + 1) + 10 seed, D2R 50 more.
+# Meta-World's protocol: half the paper protocol's success rates.
 # Hand values of metrics/synth.json (population std over seeds).
 EXPECTED = {
     "d2r": {"success_mean": 0.625, "success_std": 0.125,
-            "per_task": {"reach": 1.0, "push": 0.75, "pick-place": 0.125}},
+            "per_task": {"reach": 1.0, "push": 0.75, "pick-place": 0.125},
+            "return_mean": 255.0, "return_std": 5.0,
+            "per_task_return": {"reach": 155.0, "push": 255.0, "pick-place": 355.0},
+            "metaworld_success_mean": 0.3125},
     "mtsac": {"success_mean": (1 / 6 + 1 / 2) / 2, "success_std": (1 / 2 - 1 / 6) / 2,
-              "per_task": {"reach": 0.75, "push": 0.25, "pick-place": 0.0}},
+              "per_task": {"reach": 0.75, "push": 0.25, "pick-place": 0.0},
+              "return_mean": 205.0, "return_std": 5.0,
+              "per_task_return": {"reach": 105.0, "push": 205.0, "pick-place": 305.0},
+              "metaworld_success_mean": (1 / 6 + 1 / 2) / 4},
 }
+MW_EPISODES = 3
 TRAIN_WALL, EVAL_WALL = 100.0, 10.0
 EPOCHS, EVAL_EVERY, STEPS = 6, 2, 200
 VIDEO_SIZE, VIDEO_FRAMES = 64, 12
@@ -135,8 +144,13 @@ def write_synthetic_results(root: Path, params_src: Path | None = None) -> tuple
             ev = {
                 "experiment": SYNTH_EXPERIMENT, "method": method, "seed": seed, "episodes": 4,
                 "tasks": list(SYNTH_TASKS), "success": dict(zip(SYNTH_TASKS, final)),
-                "return": {t: 100.0 * (i + 1) for i, t in enumerate(SYNTH_TASKS)},
+                "return": {t: 100.0 * (i + 1) + 10.0 * seed + 50.0 * routed for i, t in enumerate(SYNTH_TASKS)},
                 "mean_success": sum(final) / len(final), "routed": routed, "wall_time": EVAL_WALL,
+                "protocol": "paper",
+                "metaworld": {"protocol": "metaworld.evaluation", "episodes": MW_EPISODES, "max_episode_steps": 500,
+                              "success": {t: final[i] / 2 for i, t in enumerate(SYNTH_TASKS)},
+                              "return": {t: 1000.0 + i for i, t in enumerate(SYNTH_TASKS)},
+                              "mean_success": sum(final) / len(final) / 2, "wall_time": 1.0},
             }
             if routed:
                 ev["routes"] = {

@@ -1,6 +1,7 @@
 """params.yaml -> typed config: the shipped file is valid, and bad input is named precisely."""
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from d2r.config import ParamsError, load_params, parse_params
+from d2r.config import ParamsError, load_params, parse_params, run_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -55,8 +56,26 @@ def test_shipped_params_are_valid_and_typed():
 def test_training_dict_excludes_final_evaluation():
     params = load_params(ROOT / "params.yaml")
     data = params.run("smoke", "d2r", 0).training_dict()
-    assert "final_eval_episodes" not in data["experiment"]
+    assert "final_eval_episodes" not in data["experiment"] and "metaworld_eval_episodes" not in data["experiment"]
     assert data["experiment"]["budget"]["epochs"] == params.experiment("smoke").budget.epochs
+    # run.json's config reads back as the run (the evaluation's settings are not in it)
+    back = run_from_dict(json.loads(json.dumps(data)))
+    assert back.training_dict() == data and back.experiment.final_eval_episodes is None
+
+
+def test_metaworld_eval_episodes_defaults_to_the_protocols_50():
+    assert load_params(ROOT / "params.yaml").experiment("smoke").metaworld_eval_episodes == 1
+    raw = mutated("experiments.smoke.metaworld_eval_episodes", ...)
+    assert parse_params(raw).experiment("smoke").metaworld_eval_episodes == 50
+
+
+def test_number_read_as_text_gets_a_hint():
+    """YAML 1.1 reads `lr: 3e-4` as the string '3e-4': the line says so and how to write it."""
+    with pytest.raises(ParamsError, match=r"train\.lr: '3e-4' is not of type 'number' \(YAML reads 3e-4 as text: "
+                                          r"write 3\.0e-4\)"):
+        parse_params(mutated("train.lr", "3e-4"))
+    with pytest.raises(ParamsError, match=r"train\.gamma: '0\.9' .*\(a number in quotes is text: remove the quotes\)"):
+        parse_params(mutated("train.gamma", "0.9"))
 
 
 @pytest.mark.parametrize(

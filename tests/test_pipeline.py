@@ -147,6 +147,12 @@ def test_pipeline_outputs(repo):
         assert entry["seeds"] == 1 and entry["success_std"] == 0.0
         assert set(entry["per_task"]) == {"reach", "drawer-close"}
         assert all(0.0 <= v <= 1.0 for v in entry["per_task"].values())
+        # both protocols of the final evaluation, each labelled in eval.json, and returns beside success
+        ev = json.loads((run_dir(repo, method) / "eval.json").read_text())
+        assert ev["protocol"] == "paper" and ev["metaworld"]["protocol"] == "metaworld.evaluation"
+        assert ev["metaworld"]["episodes"] == 1 and ev["metaworld"]["max_episode_steps"] == 500
+        assert entry["metaworld"]["success_mean"] == ev["metaworld"]["mean_success"]
+        assert entry["return_mean"] == pytest.approx(sum(ev["return"].values()) / 2, abs=1e-6)
     assert "wall_time" not in metrics  # results only: same seed, same bytes
     timing = json.loads((repo / "reports" / f"{EXPERIMENT}.timing.json").read_text())
     assert timing["wall_time"] > 0 and sorted(timing["methods"]) == sorted(METHODS)
@@ -165,7 +171,7 @@ def test_pipeline_outputs(repo):
     assert yaml.safe_load((run_dir(repo, "d2r") / "run.json").read_text())["code"] == {"commit": None, "dirty": None}
     assert "statistics" in metrics and "iqm" in metrics["methods"]["d2r"]
     curves = (repo / "reports" / "curves" / f"{EXPERIMENT}.csv").read_text().splitlines()
-    assert curves[0] == "method,task,env_steps,success" and len(curves) == 1 + 2 * 3 * 2  # methods x (mean + tasks) x evals
+    assert curves[0] == "method,task,env_steps,success,return" and len(curves) == 1 + 2 * 3 * 2  # methods x (mean + tasks) x evals
 
 
 def test_pipeline_videos_in_report(repo):
@@ -323,7 +329,7 @@ def test_dvc_push_pull(repo, tmp_path):
 
 def _curve_rows(path: Path) -> set[tuple[str, str, int, float]]:
     lines = path.read_text().splitlines()[1:]
-    return {(m, t, int(x), float(y)) for m, t, x, y in (line.split(",") for line in lines)}
+    return {(m, t, int(x), float(y)) for m, t, x, y, _ in (line.split(",") for line in lines)}
 
 
 def _vega_svg(spec: dict) -> str:
@@ -377,7 +383,8 @@ def test_dvc_plots_diff(repo, tmp_path):
     sh(g, *git, "commit", "-q", "-m", "curves")
     csv = g / "reports" / "curves" / f"{EXPERIMENT}.csv"
     lines = csv.read_text().splitlines()
-    csv.write_text("\n".join([lines[0]] + [",".join(r.split(",")[:3] + ["0.5"]) for r in lines[1:]]) + "\n")
+    csv.write_text("\n".join([lines[0]] + [",".join(r.split(",")[:3] + ["0.5"] + r.split(",")[4:]) for r in lines[1:]])
+                   + "\n")
     shown = _json_tail(sh(g, "dvc", "plots", "diff", "HEAD", "--json"))
     (plot,) = shown["data"][f"reports/curves/{EXPERIMENT}.csv"]
     assert sorted(plot["revisions"]) == ["HEAD", "workspace"]

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from conftest import (EPOCHS, EVAL_EVERY, EVAL_WALL, EXPECTED, N_MODULES, STEPS, SYNTH_EXPERIMENT, SYNTH_METHODS,
-                      SYNTH_SEEDS, SYNTH_TASKS, TRAIN_WALL, VIDEO_SIZE, run_d2r)
+from conftest import (EPOCHS, EVAL_EVERY, EVAL_WALL, EXPECTED, MW_EPISODES, N_MODULES, STEPS, SYNTH_EXPERIMENT,
+                      SYNTH_METHODS, SYNTH_SEEDS, SYNTH_TASKS, TRAIN_WALL, VIDEO_SIZE, run_d2r)
 from d2r.io import read_json
 
 
@@ -108,6 +108,13 @@ def test_metrics(synthetic_report):
         assert got["seeds"] == len(SYNTH_SEEDS)
         assert got["per_task"] == pytest.approx(want["per_task"], abs=1e-6)
         assert all(0.0 <= v <= 1.0 for v in got["per_task"].values())
+        assert (got["return_mean"], got["return_std"]) == pytest.approx((want["return_mean"], want["return_std"]))
+        assert got["per_task_return"] == pytest.approx(want["per_task_return"])
+        assert got["metaworld"]["success_mean"] == pytest.approx(want["metaworld_success_mean"], abs=1e-6)
+        assert got["metaworld"]["iqm_low"] <= got["metaworld"]["iqm"] <= got["metaworld"]["iqm_high"]
+    assert metrics["experiment"] == {"benchmark": "MT50", "goal_mode": "fixed", "num_tasks": 3, "seeds": 2,
+                                     "env_steps_per_task": EPOCHS * STEPS, "paper_protocol_episodes": 4,
+                                     "metaworld_protocol_episodes": MW_EPISODES}
     assert "depth_mean" in metrics["methods"]["d2r"] and "depth_mean" not in metrics["methods"]["mtsac"]
     assert all("wall_time" not in entry for entry in metrics["methods"].values()) and "wall_time" not in metrics
     timing = read_json(synthetic_report["timing"])
@@ -247,11 +254,15 @@ def test_no_warning_box_when_runs_separate(tmp_path):
 
 def test_curves_csv(synthetic_report):
     lines = synthetic_report["curves"].read_text().splitlines()
-    assert lines[0] == "method,task,env_steps,success"
+    assert lines[0] == "method,task,env_steps,success,return"
     rows = [line.split(",") for line in lines[1:]]
     evals = list(range(EVAL_EVERY, EPOCHS + 1, EVAL_EVERY))
     assert len(rows) == len(SYNTH_METHODS) * (len(SYNTH_TASKS) + 1) * len(evals)
-    got = {(m, t, int(x)): float(y) for m, t, x, y in rows}
+    got = {(m, t, int(x)): float(y) for m, t, x, y, _ in rows}
+    # conftest: periodic return = 100 epoch / EPOCHS on every task
+    returns = {(m, t, int(x)): float(r) for m, t, x, _, r in rows}
+    assert returns[("mtsac", "push", EVAL_EVERY * STEPS)] == pytest.approx(100 * EVAL_EVERY / EPOCHS, abs=1e-4)
+    assert returns[("d2r", "(mean over tasks)", EPOCHS * STEPS)] == pytest.approx(100.0)
     # conftest: periodic success = round(final * epoch / EPOCHS, 4), averaged over the two seeds
     for (method, task), want in (((m, t), EXPECTED[m]["per_task"][t]) for m in SYNTH_METHODS for t in SYNTH_TASKS):
         assert got[(method, task, EPOCHS * STEPS)] == pytest.approx(want, abs=1e-4)
@@ -260,6 +271,40 @@ def test_curves_csv(synthetic_report):
 
 
 # ---- what the report shows of each method --------------------------------------------------------
+
+
+def test_summary_returns_protocols_and_best(synthetic_report):
+    """Returns and Meta-World's protocol beside success; the best method in bold; the curves' axes
+    start at 0 env steps."""
+    text = synthetic_report["report"].read_text()
+    summary = _section(text, "summary")
+    assert '<tr class="best"><td class="l">d2r</td>' in summary and 'id="no-success"' not in summary
+    assert "255.0 &plusmn; 5.0" in summary and "205.0 &plusmn; 5.0" in summary      # final return
+    assert "31.2% &plusmn; 6.2" in summary            # Meta-World protocol: seeds 25% and 37.5%
+    assert "Meta-World's protocol (metaworld.evaluation)" in summary
+    assert _figure(text, "fig-learning-curves")["layout"]["xaxis"]["rangemode"] == "tozero"
+    (d2r_returns,) = [t for t in _figure(text, "fig-return-curves")["data"] if t["name"] == "d2r"]
+    assert d2r_returns["y"][-1] == pytest.approx(100.0)         # conftest: 100 at the last evaluation
+
+
+def test_all_zero_success_bolds_nothing_and_says_why(tmp_path):
+    """Every method at 0%: no 'best' method, and a note that this is expected at a small budget."""
+    from conftest import write_synthetic_results
+
+    params, results = write_synthetic_results(tmp_path)
+    for method in SYNTH_METHODS:
+        for seed in SYNTH_SEEDS:
+            d = results / method / f"seed{seed}"
+            ev = read_json(d / "eval.json")
+            ev["success"], ev["mean_success"] = {t: 0.0 for t in SYNTH_TASKS}, 0.0
+            (d / "eval.json").write_text(json.dumps(ev))
+            run_d2r("analyse", "--run-dir", str(d), "--out", str(d / "routes.json"))
+    out = tmp_path / "r.html"
+    run_d2r("report", "--params", str(params), "--experiment", SYNTH_EXPERIMENT, "--results", str(results),
+            "--out", str(out), "--metrics", str(tmp_path / "m.json"))
+    summary = _section(out.read_text(), "summary")
+    assert 'class="best"' not in summary and "No method is in bold" in summary
+    assert 'id="no-success"' in summary and f"At {EPOCHS * STEPS:,} env steps per task that is expected" in summary
 
 
 def _section(text: str, anchor: str) -> str:

@@ -73,10 +73,12 @@ def _grid(n: int, max_cols: int = 5) -> tuple[int, int]:
 # Learning curves and final success
 
 
-def learning_curves(curves: dict[str, Curve], colors: dict[str, str], several_seeds: bool, figs: Figures) -> str:
-    """curves: method -> success curve (mean over tasks)."""
+def learning_curves(curves: dict[str, Curve], colors: dict[str, str], several_seeds: bool, figs: Figures,
+                    quantity: str = "success") -> str:
+    """curves: method -> curve of the mean over tasks of `quantity` (success, or return)."""
     import plotly.graph_objects as go
 
+    success = quantity == "success"
     fig = go.Figure()
     for m, c in curves.items():
         color = colors[m]
@@ -85,14 +87,16 @@ def learning_curves(curves: dict[str, Curve], colors: dict[str, str], several_se
                                      fillcolor=_rgba(color, 0.18),
                                      line={"width": 0}, hoverinfo="skip", legendgroup=m, showlegend=False,
                                      name=f"{m} (min-max over seeds)"))
+        value = "success %{y:.1%}" if success else "return %{y:.1f}"
         fig.add_trace(go.Scatter(x=c.x, y=c.mean, mode="lines+markers", name=m, legendgroup=m,
                                  line={"color": color, "width": 2.5}, marker={"size": 5},
-                                 hovertemplate=f"{m}<br>env steps %{{x:,}}<br>success %{{y:.1%}}<extra></extra>"))
+                                 hovertemplate=f"{m}<br>env steps %{{x:,}}<br>{value}<extra></extra>"))
     spread = "line: mean over seeds, band: min to max over seeds" if several_seeds else "one seed"
-    fig.update_layout(title=f"Mean success rate over tasks during training ({spread})",
-                      xaxis_title="environment steps per task", yaxis_title="success rate",
-                      yaxis={"range": [-0.02, 1.02], "tickformat": ".0%"})
-    return figs.html(fig, "fig-learning-curves", 460)
+    what = "success rate" if success else "episode return"
+    fig.update_layout(title=f"Mean {what} over tasks during training ({spread})",
+                      xaxis={"title": "environment steps per task", "rangemode": "tozero"},
+                      yaxis={"title": what, **({"range": [-0.02, 1.02], "tickformat": ".0%"} if success else {})})
+    return figs.html(fig, "fig-learning-curves" if success else "fig-return-curves", 460)
 
 
 def task_curves(curves: dict[str, dict[str, Curve]], colors: dict[str, str], figs: Figures) -> str:
@@ -113,6 +117,7 @@ def task_curves(curves: dict[str, dict[str, Curve]], colors: dict[str, str], fig
                                                    "<extra></extra>"),
                           row=r + 1, col=c + 1)
     fig.update_yaxes(range=[-0.05, 1.05], tickformat=".0%")
+    fig.update_xaxes(rangemode="tozero")
     fig.update_annotations(font_size=12)
     fig.update_layout(title="Success rate per task during training (mean over seeds)")
     return figs.html(fig, "fig-task-curves", 120 + 230 * rows)
@@ -238,6 +243,7 @@ def depth_evolution(m: str, curves: dict[str, dict[str, Curve]], n: int, figs: F
                                      hovertemplate=f"{t}<br>env steps %{{x:,}}<br>{label} %{{y:.2f}}<extra></extra>"),
                           row=i // cols + 1, col=i % cols + 1)
     fig.update_yaxes(range=[0, n + 0.5])
+    fig.update_xaxes(rangemode="tozero")
     fig.update_annotations(font_size=12)
     fig.update_layout(title=f"{m}: route depth and modules used per task during training (mean over seeds, "
                             f"N = {n} modules)")
@@ -403,6 +409,6 @@ def sample_efficiency(methods: list[str], se: dict[str, Any], colors: dict[str, 
                                  line={"color": color, "width": 2.5}, marker={"size": 5},
                                  hovertemplate=f"{m}<br>env steps %{{x:,}}<br>IQM %{{y:.1%}}<extra></extra>"))
     fig.update_layout(title="Sample efficiency: IQM of success over runs x tasks at each periodic evaluation (95% CI band)",
-                      xaxis_title="environment steps per task",
+                      xaxis={"title": "environment steps per task", "rangemode": "tozero"},
                       yaxis={"title": "IQM success", "range": [-0.02, 1.02], "tickformat": ".0%"})
     return figs.html(fig, "fig-sample-efficiency", 440)

@@ -92,6 +92,10 @@ def code_versions(data: Data) -> str:
 # ----------------------------------------------------------------------------------------------
 # Sections, in page order
 
+#: the two protocols of the final evaluation (d2r/evaluate.py), as the page names them
+PAPER_LABEL = "the paper's protocol"
+METAWORLD_LABEL = "Meta-World's protocol (metaworld.evaluation)"
+
 
 def section_header(data: Data) -> str:
     env = data.environment
@@ -107,7 +111,11 @@ def section_header(data: Data) -> str:
                           f"({budget.get('epochs', 0) * ts['max_episode_steps']:,} env steps per task), "
                           f"{budget.get('updates_per_epoch', '?')} updates per epoch, "
                           f"batch {budget.get('batch_per_task', '?')} per task"),
-        ("final evaluation", f"{data.config.final_eval_episodes} episodes per task, greedy routes, tanh(mean)"),
+        ("final evaluation", f"two protocols, greedy routes, tanh(mean): {PAPER_LABEL} "
+                             f"({data.config.final_eval_episodes} episodes per task, the runs' goals, "
+                             f"{ts['max_episode_steps']}-step episodes) and {METAWORLD_LABEL} "
+                             f"({data.config.metaworld_eval_episodes} episodes per task over the 50 goal "
+                             f"variations, 500-step episodes ended at success)"),
         ("device", f"{env['device']['resolved']} (requested {env['device']['requested']})"
                    + (f", {env['device']['gpu_name']}" if env['device'].get('gpu_name') else "")),
         ("software", f"python {v.get('python')}, torch {v.get('torch')}, mujoco {v.get('mujoco')}, "
@@ -118,27 +126,44 @@ def section_header(data: Data) -> str:
 
 
 def section_summary(data: Data, metrics: dict[str, Any], timing: dict[str, Any], figs: Figures) -> str:
-    best = max(data.methods, key=lambda m: (metrics["methods"][m]["success_mean"], -data.methods.index(m)))
+    best = mx.best_method(data, metrics)
     rows, classes = [], []
     for m in data.methods:
-        fs = mx.final_success(data, m)
+        fs, fr, mw = mx.final_success(data, m), mx.final_return(data, m), mx.metaworld_success(data, m)
         counts = data.runs[m][data.seeds[0]]["run"].get("param_counts", {})
         mm = metrics["methods"][m]
         rows.append([
-            esc(m), pm(fs), " ".join(pct(x) for x in fs.values),
+            esc(m), pm(fs), " ".join(pct(x) for x in fs.values), pm_number(fr), pm(mw),
             f"{mm['depth_mean']:.2f}" if "depth_mean" in mm else "&ndash;",
             _fmt_int(counts.get("policy", "?")), _fmt_int(counts.get("q", "?")),
             _fmt_seconds(timing["methods"][m]),
         ])
         classes.append("best" if m == best else "")
     spread = "mean &plusmn; std over seeds (population std)" if len(data.seeds) > 1 else "one seed"
-    return (table(["method", "final success", "per seed", "route depth", "policy params", "Q params",
-                   "wall time (all seeds)"], rows, row_classes=classes)
-            + f'<p class="note">Final success = mean over tasks of the success rate in the final evaluation '
-              f'({data.config.final_eval_episodes} episodes per task, greedy routes, deterministic actions); '
-              f'{spread}. Bold: the best mean. Parameter counts are one network each (policy, one Q); '
-              f'wall time = training plus final evaluation, summed over seeds.</p>'
-            + section_comparison(data, metrics, figs))
+    bold = ("Bold: the best mean final success." if best else
+            "No method is in bold: the best mean final success is shared.")
+    parts = [table(["method", "final success", "per seed", "final return", "success, Meta-World protocol",
+                    "route depth", "policy params", "Q params", "wall time (all seeds)"], rows, row_classes=classes),
+             f'<p class="note">Final success = mean over tasks of the success rate in the final evaluation under '
+             f'{PAPER_LABEL} ({data.config.final_eval_episodes} episodes per task, greedy routes, deterministic '
+             f'actions, success if the flag fired at any step); final return = mean over tasks of the mean '
+             f'episode return (env rewards, unscaled) in the same episodes. Success under {METAWORLD_LABEL}: '
+             f'{data.config.metaworld_eval_episodes} episodes per task over the benchmark\'s 50 goal variations, '
+             f'500-step episodes that end at success (the protocol of Meta-World+ and later work on Meta-World '
+             f'3). {spread}. {bold} Parameter counts are one network each (policy, one Q); wall time = '
+             f'training plus final evaluation, summed over seeds.</p>']
+    if all(metrics["methods"][m]["success_mean"] == 0 for m in data.methods):
+        steps = metrics["experiment"]["env_steps_per_task"]
+        parts.append(f'<p class="note" id="no-success"><b>No method succeeded on any task.</b> At {steps:,} env '
+                     f'steps per task that is expected (the paper trains 1.5M per task on MT10, 1M on MT50; '
+                     f'the smoke experiment checks the pipeline, not learning). The returns still tell runs '
+                     f'apart.</p>')
+    return "".join(parts) + section_comparison(data, metrics, figs)
+
+
+def pm_number(xs: OverSeeds) -> str:
+    """mean +- std over seeds of a plain number (a return), or the one value."""
+    return f"{xs.mean:.1f} &plusmn; {xs.std:.1f}" if len(xs.values) > 1 else f"{xs.mean:.1f}"
 
 
 def section_comparison(data: Data, metrics: dict[str, Any], figs: Figures) -> str:
@@ -159,9 +184,17 @@ def section_comparison(data: Data, metrics: dict[str, Any], figs: Figures) -> st
         parts.append('<div class="warn" id="stats-warnings"><b>Caution: these results do not separate the '
                      'methods.</b><ul>' + "".join(f"<li>{esc(w)}</li>" for w in st["warnings"]) + "</ul></div>")
     aggs = {m: mx.method_aggregates(metrics, m) for m in data.methods}
+    mws = {m: metrics["methods"][m]["metaworld"] for m in data.methods}
     rows = [[esc(m), str(runs), _interval(a["iqm"], a["iqm_low"], a["iqm_high"]),
-             _interval(a["mean"], a["mean_low"], a["mean_high"])] for m, a in aggs.items()]
-    parts.append(table(["method", "runs", "IQM [95% CI]", "mean [95% CI]"], rows))
+             _interval(a["mean"], a["mean_low"], a["mean_high"]),
+             _interval(mws[m]["iqm"], mws[m]["iqm_low"], mws[m]["iqm_high"]),
+             _interval(mws[m]["success_mean"], mws[m]["success_mean_low"], mws[m]["success_mean_high"])]
+            for m, a in aggs.items()]
+    parts.append(table(["method", "runs", "IQM [95% CI]", "mean [95% CI]", "IQM, Meta-World protocol [95% CI]",
+                        "mean, Meta-World protocol [95% CI]"], rows))
+    parts.append('<p class="note">The first two columns are the paper\'s protocol, the last two Meta-World\'s '
+                 '(metaworld.evaluation; the same bootstrap). The figures and the probability of improvement '
+                 'below are the paper\'s protocol.</p>')
     poi = st["probability_of_improvement"]
     if poi:
         prow = [[esc(p["variant"]), esc(p["baseline"]),
@@ -187,24 +220,34 @@ def section_curves(data: Data, figs: Figures) -> str:
     colors = figures.method_colors(data.methods)
     overall = {m: mx.success_curve(data, m) for m in data.methods}
     per_task = {t: {m: mx.success_curve(data, m, t) for m in data.methods} for t in data.tasks}
+    returns = {m: mx.return_curve(data, m) for m in data.methods}
+    first = min((c.x[0] for c in overall.values() if c.x), default=0)
     return (figures.learning_curves(overall, colors, len(data.seeds) > 1, figs)
             + figures.task_curves(per_task, colors, figs)
-            + '<p class="note">Periodic evaluations during training (greedy routes, deterministic '
-              'actions). Env steps are counted per task. Hover for values; click a legend entry to '
-              'hide a method, double-click to show it alone.</p>')
+            + figures.learning_curves(returns, colors, len(data.seeds) > 1, figs, quantity="return")
+            + f'<p class="note">Periodic evaluations during training (greedy routes, deterministic '
+              f'actions; every {data.config.budget.eval_every} epochs, the first at {first:,} env steps: no '
+              f'evaluation runs before training). Env steps are counted per task; the axes start at 0. Return '
+              f'= mean episode return over tasks (env rewards, unscaled). Hover for values; click a legend '
+              f'entry to hide a method, double-click to show it alone.</p>')
 
 
 def section_final(data: Data, figs: Figures) -> str:
     colors = figures.method_colors(data.methods)
     diff = mx.difficulty(data)
     success = {t: {m: mx.task_success(data, m, t) for m in data.methods} for t in data.tasks}
-    rows = [[esc(t), f"{diff[t]:.2f}"] + [pm(success[t][m]) for m in data.methods] for t in data.tasks]
+    rows = [[esc(t), f"{diff[t]:.2f}"] + [pm(success[t][m]) for m in data.methods]
+            + [pm_number(mx.task_return(data, m, t)) for m in data.methods]
+            + [pm(mx.metaworld_task_success(data, m, t)) for m in data.methods] for t in data.tasks]
+    header = (["task", "difficulty"] + [f"success {esc(m)}" for m in data.methods]
+              + [f"return {esc(m)}" for m in data.methods] + [f"Meta-World protocol {esc(m)}" for m in data.methods])
     return (figures.final_success({m: mx.final_success(data, m) for m in data.methods}, data.seeds, colors, figs)
             + figures.task_heatmap(data.methods, {t: [s.mean for s in success[t].values()] for t in data.tasks},
                                    diff, figs)
-            + table(["task", "difficulty"] + [esc(m) for m in data.methods], rows)
-            + '<p class="note">Final success rate per task, mean &plusmn; std over seeds. '
-              'Difficulty = 1 - final success on the task averaged over every method and seed.</p>')
+            + table(header, rows)
+            + f'<p class="note">Per task, mean &plusmn; std over seeds: the final success rate and mean episode '
+              f'return under {PAPER_LABEL}, and the success rate under {METAWORLD_LABEL}. '
+              'Difficulty = 1 - final success on the task (paper protocol) averaged over every method and seed.</p>')
 
 
 def section_routing(data: Data, figs: Figures) -> str:

@@ -7,7 +7,7 @@ typed from d2r.config, which needs none of them):
     results/{exp}/environment.json              versions, platform, device, task set (setup job)
     results/{exp}/{method}/seed{s}/run.json     training config, parameter counts, wall time
     results/{exp}/{method}/seed{s}/eval_log.jsonl   periodic evaluations during training
-    results/{exp}/{method}/seed{s}/eval.json    final evaluation (greedy routes)
+    results/{exp}/{method}/seed{s}/eval.json    final evaluation (greedy routes), both protocols
     results/{exp}/{method}/seed{s}/routes.json  routing analysis (analyse job)
     results/{exp}/{method}/seed{s}/videos/      rollout videos of the first seed (render job;
                                                 read by d2r.report.videos)
@@ -87,6 +87,12 @@ def _read_run(files: RunDir, tasks: list[str]) -> dict[str, Any]:
     for t in tasks:
         check_rate(ev["success"][t], f"{where}: success.{t}")
     check_rate(ev["mean_success"], f"{where}: mean_success")
+    mw = ev.get("metaworld")
+    if not isinstance(mw, dict) or not isinstance(mw.get("success"), dict):
+        raise ReportError(f"{where}: no Meta-World protocol results (\"metaworld\"): evaluated by an older "
+                          "version; run its evaluate job again")
+    for t in tasks:
+        check_rate(mw["success"].get(t), f"{where}: metaworld.success.{t}")
     for i, rec in enumerate(r["eval_log"]):
         check_rate(rec["mean_success"], f"{log_path} record {i}: mean_success")
     return r

@@ -5,8 +5,11 @@ numpy) except the arrays handed to d2r.report.stats, so the numbers are the same
 
 Definitions used in the report (also printed in it):
 - final success of a run = eval.json ``mean_success`` (mean over tasks of the per-task success
-  rate of the final evaluation); per method: mean and standard deviation over seeds
-  (population std, ddof = 0, so one seed gives 0);
+  rate of the final evaluation, the paper's protocol); per method: mean and standard deviation
+  over seeds (population std, ddof = 0, so one seed gives 0);
+- final return of a run = the mean over tasks of eval.json ``return`` (each task's mean episode
+  return, env rewards unscaled), per method as success;
+- the same under Meta-World's protocol (eval.json ``metaworld``, metaworld.evaluation);
 - learning curves: eval_log.jsonl ``mean_success`` against env steps per task; the line is the
   mean over seeds, the band spans the lowest to the highest seed;
 - task difficulty = 1 - final success on the task, averaged over every method and seed of the
@@ -14,9 +17,15 @@ Definitions used in the report (also printed in it):
 
 metrics/{exp}.json (results only, so two runs with the same seed give the same bytes)::
 
-    {"methods": {method: {"success_mean", "success_std", "per_task": {task: mean over seeds},
+    {"experiment": {"benchmark", "goal_mode", "num_tasks", "seeds", "env_steps_per_task",
+                    "paper_protocol_episodes", "metaworld_protocol_episodes"},
+     "methods": {method: {"success_mean", "success_std", "per_task": {task: mean over seeds},
+                          "return_mean", "return_std", "per_task_return": {task: mean over seeds},
                           "seeds", and for routed methods "depth_mean", "modules_used_mean",
-                          "iqm", "iqm_low", "iqm_high", "success_mean_low", "success_mean_high"}},
+                          "iqm", "iqm_low", "iqm_high", "success_mean_low", "success_mean_high",
+                          "metaworld": {"success_mean", "success_std", "per_task", "return_mean",
+                                        "iqm", "iqm_low", "iqm_high", "success_mean_low",
+                                        "success_mean_high"}}},
      "statistics": {"bootstrap": {...}, "probability_of_improvement": {"X vs Y": {"variant",
                     "baseline", "p", "low", "high"}}, "performance_profile": {"tau": [...],
                     "methods": {method: {"fraction", "low", "high"}}}, "sample_efficiency":
@@ -25,8 +34,9 @@ metrics/{exp}.json (results only, so two runs with the same seed give the same b
 (d2r/report/stats.py: rliable's IQM, mean, probability of improvement and performance profiles
 with 95% stratified bootstrap intervals over runs x tasks, seeded, so the same bytes every time.)
 
-reports/curves/{exp}.csv (--curves): ``method,task,env_steps,success`` with the mean over seeds of
-each periodic evaluation, per task and ("(mean over tasks)") for the task set, for `dvc plots`.
+reports/curves/{exp}.csv (--curves): ``method,task,env_steps,success,return`` with the mean over
+seeds of each periodic evaluation, per task and ("(mean over tasks)") for the task set, for `dvc
+plots` (which draws success).
 
 reports/{exp}.timing.json (wall times differ from run to run, so they are kept apart)::
 
@@ -96,6 +106,32 @@ def task_success(data: Data, method: str, task: str) -> OverSeeds:
     return over_seeds(float(data.runs[method][s]["eval"]["success"][task]) for s in data.seeds)
 
 
+def final_return(data: Data, method: str) -> OverSeeds:
+    """Per seed: the mean over tasks of each task's mean episode return (paper protocol)."""
+    return over_seeds(mean(float(data.runs[method][s]["eval"]["return"][t]) for t in data.tasks) for s in data.seeds)
+
+
+def task_return(data: Data, method: str, task: str) -> OverSeeds:
+    return over_seeds(float(data.runs[method][s]["eval"]["return"][task]) for s in data.seeds)
+
+
+def metaworld_success(data: Data, method: str) -> OverSeeds:
+    """Final success under Meta-World's protocol (eval.json "metaworld"), per seed."""
+    return over_seeds(float(data.runs[method][s]["eval"]["metaworld"]["mean_success"]) for s in data.seeds)
+
+
+def metaworld_task_success(data: Data, method: str, task: str) -> OverSeeds:
+    return over_seeds(float(data.runs[method][s]["eval"]["metaworld"]["success"][task]) for s in data.seeds)
+
+
+def best_method(data: Data, metrics: dict[str, Any]) -> str | None:
+    """The method with the highest mean final success, or None when another one ties it (all 0%)."""
+    values = {m: metrics["methods"][m]["success_mean"] for m in data.methods}
+    top = max(values.values())
+    leaders = [m for m, v in values.items() if v == top]
+    return leaders[0] if len(leaders) == 1 else None
+
+
 def difficulty(data: Data) -> dict[str, float]:
     """1 - final success per task, averaged over every method and seed."""
     return {t: 1.0 - mean(v for m in data.methods for v in task_success(data, m, t).values) for t in data.tasks}
@@ -133,6 +169,12 @@ def success_curve(data: Data, method: str, task: str | None = None) -> Curve:
                    data.runs[method][s]["eval_log"]] for s in data.seeds])
 
 
+def return_curve(data: Data, method: str, task: str | None = None) -> Curve:
+    """Periodic-evaluation mean episode return against env steps: of `task`, or the mean over tasks."""
+    return curve([[(r["env_steps"], mean(r["return"][t] for t in data.tasks) if task is None else r["return"][task])
+                   for r in data.runs[method][s]["eval_log"]] for s in data.seeds])
+
+
 def route_curve(data: Data, method: str, task: str, key: str) -> Curve:
     """routes.json "evolution": route `key` (depth, modules_used) of `task` during training."""
     per_seed = []
@@ -142,7 +184,7 @@ def route_curve(data: Data, method: str, task: str, key: str) -> Curve:
     return curve(per_seed)
 
 
-CURVES_HEADER = "method,task,env_steps,success\n"
+CURVES_HEADER = "method,task,env_steps,success,return\n"
 MEAN_TASK = "(mean over tasks)"   # sorts before the task names in `dvc plots` panels
 
 
@@ -151,8 +193,8 @@ def curves_csv(data: Data) -> str:
     lines = [CURVES_HEADER]
     for m in data.methods:
         for name, task in [(MEAN_TASK, None)] + [(t, t) for t in data.tasks]:
-            c = success_curve(data, m, task)
-            lines += [f"{m},{name},{x},{_r6(y)}\n" for x, y in zip(c.x, c.mean)]
+            c, r = success_curve(data, m, task), return_curve(data, m, task)
+            lines += [f"{m},{name},{x},{_r6(y)},{_r6(z)}\n" for x, y, z in zip(c.x, c.mean, r.mean)]
     return "".join(lines)
 
 
@@ -225,6 +267,12 @@ def score_array(data: Data, method: str) -> np.ndarray:
     return np.array([[float(data.runs[method][s]["eval"]["success"][t]) for t in data.tasks] for s in data.seeds])
 
 
+def metaworld_score_array(data: Data, method: str) -> np.ndarray:
+    """Final success under Meta-World's protocol [runs, tasks]."""
+    return np.array([[float(data.runs[method][s]["eval"]["metaworld"]["success"][t]) for t in data.tasks]
+                     for s in data.seeds])
+
+
 def curve_array(data: Data, method: str) -> tuple[list[int], np.ndarray] | None:
     """Periodic-evaluation success [runs, tasks, points] at the env steps every run evaluated."""
     logs = [data.runs[method][s]["eval_log"] for s in data.seeds]
@@ -269,15 +317,35 @@ def method_aggregates(metrics: dict[str, Any], method: str) -> dict[str, float]:
 # The metrics and timing files
 
 
+def experiment_setting(data: Data) -> dict[str, Any]:
+    """What the numbers are of (the paper table, d2r/report/paper.py, reads it from the metrics)."""
+    ts = data.environment["task_set"]
+    first = data.runs[data.methods[0]][data.seeds[0]]
+    return {"benchmark": ts["benchmark"], "goal_mode": ts["goal_mode"], "num_tasks": len(data.tasks),
+            "seeds": len(data.seeds), "env_steps_per_task": int(first["run"].get("env_steps_per_task", 0)),
+            "paper_protocol_episodes": int(first["eval"]["episodes"]),
+            "metaworld_protocol_episodes": int(first["eval"]["metaworld"]["episodes"])}
+
+
 def compute_metrics(data: Data) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     for m in data.methods:
-        fs = final_success(data, m)
+        fs, fr, mw = final_success(data, m), final_return(data, m), metaworld_success(data, m)
         entry: dict[str, Any] = {
             "success_mean": _r6(fs.mean),
             "success_std": _r6(fs.std),
             "per_task": {t: _r6(task_success(data, m, t).mean) for t in data.tasks},
+            "return_mean": _r6(fr.mean),
+            "return_std": _r6(fr.std),
+            "per_task_return": {t: _r6(task_return(data, m, t).mean) for t in data.tasks},
             "seeds": len(data.seeds),
+            "metaworld": {
+                "success_mean": _r6(mw.mean),
+                "success_std": _r6(mw.std),
+                "per_task": {t: _r6(metaworld_task_success(data, m, t).mean) for t in data.tasks},
+                "return_mean": _r6(mean(mean(float(data.runs[m][s]["eval"]["metaworld"]["return"][t])
+                                             for t in data.tasks) for s in data.seeds)),
+            },
         }
         if data.routed(m):
             entry["depth_mean"] = _r6(route_depth(data, m).mean)
@@ -288,7 +356,11 @@ def compute_metrics(data: Data) -> dict[str, Any]:
     for m, agg in st.pop("aggregates").items():   # the point estimate of the mean is success_mean
         methods[m].update(iqm=agg["iqm"], iqm_low=agg["iqm_low"], iqm_high=agg["iqm_high"],
                           success_mean_low=agg["mean_low"], success_mean_high=agg["mean_high"])
-    return {"methods": methods, "statistics": st}
+    mw_scores = {m: metaworld_score_array(data, m) for m in data.methods}
+    for m, agg in stats.aggregates(mw_scores, key="metaworld-aggregate").items():
+        methods[m]["metaworld"].update(iqm=agg["iqm"], iqm_low=agg["iqm_low"], iqm_high=agg["iqm_high"],
+                                       success_mean_low=agg["mean_low"], success_mean_high=agg["mean_high"])
+    return {"experiment": experiment_setting(data), "methods": methods, "statistics": st}
 
 
 def compute_timing(data: Data) -> dict[str, Any]:

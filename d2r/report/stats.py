@@ -84,8 +84,9 @@ def _interval(func, data, key: str, reps: int) -> tuple[np.ndarray, np.ndarray, 
     return np.atleast_1d(point[key]), np.atleast_1d(interval[key][0]), np.atleast_1d(interval[key][1])
 
 
-def aggregates(scores: dict[str, np.ndarray], reps: int = REPS) -> dict[str, dict[str, float]]:
-    """Per method: IQM and mean over runs x tasks with their intervals, and the number of runs."""
+def aggregates(scores: dict[str, np.ndarray], reps: int = REPS, key: str = "aggregate") -> dict[str, dict[str, float]]:
+    """Per method: IQM and mean over runs x tasks with their intervals, and the number of runs.
+    `key` names the bootstrap's seed (`key:method`): another set of scores, another key."""
     from rliable import metrics
 
     def func(x: np.ndarray) -> np.ndarray:
@@ -94,7 +95,7 @@ def aggregates(scores: dict[str, np.ndarray], reps: int = REPS) -> dict[str, dic
     out = {}
     for m, s in scores.items():
         arr = _check(m, s, 2)
-        point, low, high = _interval(func, arr, f"aggregate:{m}", reps)
+        point, low, high = _interval(func, arr, f"{key}:{m}", reps)
         out[m] = {"runs": int(arr.shape[0]),
                   "iqm": _r6(point[0]), "iqm_low": _r6(low[0]), "iqm_high": _r6(high[0]),
                   "mean": _r6(point[1]), "mean_low": _r6(low[1]), "mean_high": _r6(high[1])}
