@@ -39,6 +39,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analyse.smk"
 include: "workflow/rules/render.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/paper.smk"
+
+
+# reports/paper.html is the paper table's, not the report of an experiment named "paper" (a name
+# d2r.config refuses).
+ruleorder: paper > report
 
 
 # On a cluster (snakemake --profile profiles/slurm; README "Running on a Slurm cluster"): setup,
@@ -48,6 +54,7 @@ localrules:
     all,
     analyse,
     report,
+    paper,
 
 
 # `gpu` counts GPUs of this machine (profiles/default caps it at 1). On Slurm each job's GPUs are

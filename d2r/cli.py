@@ -14,13 +14,15 @@ from d2r.config import ParamsError, load_params
 from d2r.io import CheckpointError, ResultFileError
 
 #: the jobs the pipeline's rules run (d2r.pipeline.JOBS), each able to write its build record
-PIPELINE_JOBS = ("setup", "train", "evaluate", "analyse", "report", "render")
+PIPELINE_JOBS = ("setup", "train", "evaluate", "analyse", "report", "render", "paper")
 JOBS = {
     "setup": ("d2r.jobs.setup", "record versions and the device, build the task set once"),
     "train": ("d2r.jobs.train", "train one (experiment, method, seed); resumes from its last checkpoint"),
     "evaluate": ("d2r.jobs.evaluate", "final rollouts with greedy routes: per-task success and return"),
     "analyse": ("d2r.jobs.analyse", "routing depth, modules used and edge frequency per task"),
     "report": ("d2r.jobs.report", "self-contained HTML report and metrics JSON for one experiment"),
+    "paper": ("d2r.jobs.paper", "the results table in the paper's shape: every experiment with metrics beside "
+                                "published numbers (reports/paper.html)"),
     "render": ("d2r.jobs.render", "videos of greedy episodes of a trained policy, one per task (MuJoCo offscreen)"),
     "bench": ("d2r.jobs.bench", "throughput benchmarks: env steps/s, updates/s, FLOP/s"),
 }
@@ -78,9 +80,9 @@ def _pipeline_job(args):
     """The pipeline job these arguments run (a d2r.pipeline.Job), for its build record."""
     from d2r.pipeline import Job
 
-    if getattr(args, "experiment", None) is None:
+    if getattr(args, "experiment", None) is None and args.job != "paper":
         raise SystemExit(f"error: {args.job} --record needs --experiment (and --method, --seed for one run's job)")
-    job = Job(args.job, args.experiment, getattr(args, "method", None), getattr(args, "seed", None))
+    job = Job(args.job, getattr(args, "experiment", None), getattr(args, "method", None), getattr(args, "seed", None))
     if args.record != job.record:  # the record's place is part of the results layout (d2r.pipeline)
         raise SystemExit(f"error: --record {args.record}: the build record of {job.label} is {job.record}")
     return job

@@ -303,6 +303,8 @@ def _method(name: str, raw_method: dict, nets: dict, source: str) -> MethodConfi
 
 def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: str) -> ExperimentConfig:
     where = f"{source}: experiments.{name}"
+    if name == "paper":   # reports/paper.html is the paper table's (d2r.pipeline)
+        raise ParamsError(f"{where}: the name 'paper' is taken by the paper table (reports/paper.html): rename it")
     try:
         tasks = tuple(resolve_tasks(raw_exp["benchmark"], raw_exp["tasks"]))
     except ValueError as err:

@@ -12,6 +12,11 @@ before every Snakemake run compares the two. No torch and no simulator (the Snak
     results/E/M/seedS/videos/                 render     (each method's first seed, when enabled)
     reports/E.html, metrics/E.json,           report     (record: results/E/records/report.json)
         reports/E.timing.json, reports/curves/E.csv
+    reports/paper.html                        paper      (record: results/records/paper.json)
+
+The paper table is the one job of no experiment: it reads the metrics of every experiment of
+params.yaml that has them on disk when it is planned or run (metrics/E.json; none is built for
+it), so its inputs are whatever experiments exist.
 
 A job's experiment, method and seed may be Snakemake patterns ("{experiment}", ...): its outputs
 are then the rule's output patterns.
@@ -20,6 +25,7 @@ are then the rule's output patterns.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +36,14 @@ RESULTS = "results"
 RECORDS = "records"          # each job's build record, beside its outputs (shared by DVC with them)
 #: the jobs of one run (experiment, method, seed); setup and report are one per experiment
 RUN_JOBS = ("train", "evaluate", "analyse", "render")
-JOBS = ("setup", *RUN_JOBS, "report")
+PAPER = "paper"       # the paper table, of every experiment that has metrics (no experiment of its own)
+JOBS = ("setup", *RUN_JOBS, "report", PAPER)
 
 
 @dataclass(frozen=True)
 class Job:
     name: str
-    experiment: str
+    experiment: str | None = None
     method: str | None = None
     seed: int | str | None = None
 
@@ -47,9 +54,13 @@ class Job:
             raise ValueError(f"unknown job {self.name!r}")
         if (self.name in RUN_JOBS) != (self.method is not None and self.seed is not None):
             raise ValueError(f"job {self.name} needs a method and a seed exactly when it is one run's")
+        if (self.name == PAPER) != (self.experiment is None):
+            raise ValueError(f"job {self.name} needs an experiment exactly when it is not the paper table")
 
     @property
     def label(self) -> str:
+        if self.experiment is None:
+            return self.name
         where = self.experiment if self.method is None else f"{self.experiment}/{self.method}/seed{self.seed}"
         return f"{self.name} {where}"
 
@@ -60,7 +71,8 @@ class Job:
     @property
     def record(self) -> str:
         """The job's build record (d2r.records)."""
-        base = self.run_dir if self.name in RUN_JOBS else f"{RESULTS}/{self.experiment}"
+        base = (self.run_dir if self.name in RUN_JOBS else RESULTS if self.name == PAPER
+                else f"{RESULTS}/{self.experiment}")
         return f"{base}/{RECORDS}/{self.name}.json"
 
     def outputs(self) -> dict[str, str]:
@@ -76,6 +88,7 @@ class Job:
             "render": lambda: {"videos": f"{run}/{rundir.VIDEOS}"},
             "report": lambda: {"html": f"reports/{e}.html", "metrics": f"metrics/{e}.json",
                                "timing": f"reports/{e}.timing.json", "curves": f"reports/curves/{e}.csv"},
+            PAPER: lambda: {"html": "reports/paper.html"},
         }[self.name]()
 
     def run_job(self, name: str) -> Job:
@@ -105,6 +118,8 @@ def inputs(job: Job, params: Params) -> dict[str, list[tuple[Job, str]]]:
         return {"model": [(train, "model")], "run": [(train, "run")]}
     if job.name == "analyse":
         return {"eval": [(job.run_job("evaluate"), "eval")], "eval_log": [(job.run_job("train"), "eval_log")]}
+    if job.name == PAPER:
+        return {"metrics": [(r, "metrics") for r in existing_reports(params)]}
     trains = runs(params, job.experiment)
     return {
         "env": [(Job("setup", job.experiment), "env")],
@@ -114,6 +129,13 @@ def inputs(job: Job, params: Params) -> dict[str, list[tuple[Job, str]]]:
         "routes": [(t.run_job("analyse"), "routes") for t in trains],
         "videos": [(r, "videos") for r in video_jobs(params, job.experiment)],
     }
+
+
+def existing_reports(params: Params) -> list[Job]:
+    """The report jobs of params.yaml's experiments whose metrics are on disk now (paths are relative
+    to the checkout, where the jobs run), in params.yaml's order: what the paper table reads."""
+    reports = [Job("report", e) for e in params.experiments]
+    return [r for r in reports if os.path.isfile(r.outputs()["metrics"])]
 
 
 def input_files(job: Job, params: Params) -> dict[str, list[str]]:
@@ -144,6 +166,8 @@ def job_params(job: Job, params: Params) -> dict[str, Any]:
         return {}
     if job.name == "render":
         return dataclasses.asdict(render_config(params.raw, job.experiment))
+    if job.name == PAPER:
+        return {}        # it reads the metrics files only (and d2r/report/published.yaml, as its code)
     raw = params.raw["experiments"][params.experiment(job.experiment).name]
     return {"experiment": raw, "methods": {m: params.raw["methods"][m] for m in raw["methods"]},
             "videos": render_config(params.raw, job.experiment).enabled}

@@ -15,7 +15,7 @@ from pathlib import Path
 PACKAGE = "d2r"
 ROOT = Path(__file__).resolve().parent.parent   # the checkout: paths are relative to it
 #: files a module reads as data (not imports)
-DATA = {"d2r.config": ["d2r/params.schema.yaml"]}
+DATA = {"d2r.config": ["d2r/params.schema.yaml"], "d2r.report.paper": ["d2r/report/published.yaml"]}
 #: modules that write and check the jobs' build records (the CLI runs them around every job, and
 #: this one lists the code for them), not results: editing them re-runs no job, so they are not
 #: followed

@@ -18,7 +18,7 @@ import pytest
 from d2r import sources
 
 ROOT = Path(__file__).resolve().parents[1]
-JOBS = ("setup", "train", "evaluate", "analyse", "render", "report", "bench")
+JOBS = ("setup", "train", "evaluate", "analyse", "render", "report", "paper", "bench")
 
 
 def _modules() -> dict[str, Path]:

@@ -139,3 +139,10 @@ def test_experiment_train_overrides_apply_to_that_experiment_only():
     assert params.run("easy3", "d2r", 0).training_dict()["sac"]["lr_alpha"] == 3e-3  # re-trains on change
     with pytest.raises(ParamsError, match=r"experiments\.easy3\.train"):
         parse_params(mutated("experiments.easy3.train", {"lr_alfa": 1e-3}))
+
+
+def test_the_paper_tables_name_is_not_an_experiment():
+    raw = copy.deepcopy(RAW)
+    raw["experiments"]["paper"] = copy.deepcopy(raw["experiments"]["smoke"])
+    with pytest.raises(ParamsError, match=r"experiments\.paper: the name 'paper' is taken by the paper table"):
+        parse_params(raw)

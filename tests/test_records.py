@@ -143,3 +143,25 @@ def test_a_record_is_where_the_layout_puts_it():
     assert Job("report", "e").record == "results/e/records/report.json"
     with pytest.raises(ValueError):
         Job("evaluate", "e")
+
+
+def test_the_paper_table_is_made_from_the_metrics_there_are(tree, tmp_path):
+    """Its inputs are the metrics on disk: another experiment's metrics appearing (here without a
+    record of their report, as in a clone without `dvc pull`), or one changing, outdates it."""
+    params, jobs = tree
+    paper = Job("paper")
+    assert paper.record == "results/records/paper.json" and paper.outputs() == {"html": "reports/paper.html"}
+    (tmp_path / "reports").mkdir(exist_ok=True)
+    (tmp_path / "reports" / "paper.html").write_text("table")
+    records.write_record(paper, records.made_from(paper, params))
+    fresh = records.Freshness(params)
+    assert fresh.verdict(paper) == (None, False)
+    assert list(json.loads((tmp_path / paper.record).read_text())["inputs"]) == ["metrics/smoke.json"]
+    other = tmp_path / "metrics" / "easy3.json"
+    other.write_text("{}")
+    assert records.Freshness(params).verdict(paper)[0] == "made from the outputs of report easy3, which is outdated"
+    other.unlink()
+    (tmp_path / jobs["report"].outputs()["metrics"]).write_text('{"edited": 1}')
+    assert records.Freshness(params).verdict(paper)[0] == "made from the outputs of report smoke, which is outdated"
+    with pytest.raises(ValueError):
+        Job("paper", "smoke")

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
-from d2r.pipeline import RUN_JOBS, Job
+from d2r.pipeline import PAPER, RUN_JOBS, Job
 from d2r.pipeline import inputs as pipeline_inputs
 from d2r.records import Freshness
 from d2r.sources import job_sources
@@ -45,7 +45,7 @@ wildcard_constraints:
 # The d2r files each job runs, found from the imports of d2r/jobs/<job>.py by d2r.sources:
 # inputs of its rule, and in its build record.
 
-SOURCES = {job: job_sources(job) for job in ("setup", *RUN_JOBS, "report")}
+SOURCES = {job: job_sources(job) for job in ("setup", *RUN_JOBS, "report", PAPER)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,6 +56,8 @@ def job_of(name: str, wildcards) -> Job:
     """The job a rule runs for these wildcards (or, with the rule's own patterns, its outputs)."""
     if name in RUN_JOBS:
         return Job(name, wildcards.experiment, wildcards.method, wildcards.seed)
+    if name == PAPER:
+        return Job(PAPER)
     return Job(name, wildcards.experiment)
 
 
@@ -81,6 +83,8 @@ def job_inputs(name: str):
     def inputs(wildcards) -> dict:
         job = job_of(name, wildcards)
         rebuild_if_outdated(job)
+        if name == PAPER:   # the metrics as they are: in its record, not Snakemake inputs (paper.smk)
+            return {"sources": ancient(SOURCES[name])}
         files = {key: [path(before, output) for before, output in items]
                  for key, items in pipeline_inputs(job, PARAMS).items()}
         return {"sources": ancient(SOURCES[name]), **files}
