@@ -171,7 +171,8 @@ def test_pipeline_outputs(repo):
     assert yaml.safe_load((run_dir(repo, "d2r") / "run.json").read_text())["code"] == {"commit": None, "dirty": None}
     assert "statistics" in metrics and "iqm" in metrics["methods"]["d2r"]
     curves = (repo / "reports" / "curves" / f"{EXPERIMENT}.csv").read_text().splitlines()
-    assert curves[0] == "method,task,env_steps,success,return" and len(curves) == 1 + 2 * 3 * 2  # methods x (mean + tasks) x evals
+    assert curves[0] == "method,task,env_steps,success,return"
+    assert len(curves) == 1 + 2 * 3 * 2  # methods x (mean + tasks) x evals
 
 
 def test_pipeline_videos_in_report(repo):

@@ -103,6 +103,7 @@ def section_header(data: Data) -> str:
     budget = cfg.get("experiment", {}).get("budget", {})
     ts = env["task_set"]
     v = env["versions"]
+    setting = mx.experiment_setting(data)   # the episodes the runs were evaluated with (eval.json)
     items = [
         ("benchmark", f"{ts['benchmark']}, {ts['num_tasks']} tasks, {ts['goal_mode']} goals"),
         ("methods", ", ".join(data.methods)),
@@ -112,9 +113,9 @@ def section_header(data: Data) -> str:
                           f"{budget.get('updates_per_epoch', '?')} updates per epoch, "
                           f"batch {budget.get('batch_per_task', '?')} per task"),
         ("final evaluation", f"two protocols, greedy routes, tanh(mean): {PAPER_LABEL} "
-                             f"({data.config.final_eval_episodes} episodes per task, the runs' goals, "
+                             f"({setting['paper_protocol_episodes']} episodes per task, the runs' goals, "
                              f"{ts['max_episode_steps']}-step episodes) and {METAWORLD_LABEL} "
-                             f"({data.config.metaworld_eval_episodes} episodes per task over the 50 goal "
+                             f"({setting['metaworld_protocol_episodes']} episodes per task over the 50 goal "
                              f"variations, 500-step episodes ended at success)"),
         ("device", f"{env['device']['resolved']} (requested {env['device']['requested']})"
                    + (f", {env['device']['gpu_name']}" if env['device'].get('gpu_name') else "")),
@@ -127,6 +128,7 @@ def section_header(data: Data) -> str:
 
 def section_summary(data: Data, metrics: dict[str, Any], timing: dict[str, Any], figs: Figures) -> str:
     best = mx.best_method(data, metrics)
+    setting = metrics["experiment"]     # the episodes the runs were evaluated with (eval.json)
     rows, classes = [], []
     for m in data.methods:
         fs, fr, mw = mx.final_success(data, m), mx.final_return(data, m), mx.metaworld_success(data, m)
@@ -145,10 +147,10 @@ def section_summary(data: Data, metrics: dict[str, Any], timing: dict[str, Any],
     parts = [table(["method", "final success", "per seed", "final return", "success, Meta-World protocol",
                     "route depth", "policy params", "Q params", "wall time (all seeds)"], rows, row_classes=classes),
              f'<p class="note">Final success = mean over tasks of the success rate in the final evaluation under '
-             f'{PAPER_LABEL} ({data.config.final_eval_episodes} episodes per task, greedy routes, deterministic '
+             f'{PAPER_LABEL} ({setting["paper_protocol_episodes"]} episodes per task, greedy routes, deterministic '
              f'actions, success if the flag fired at any step); final return = mean over tasks of the mean '
              f'episode return (env rewards, unscaled) in the same episodes. Success under {METAWORLD_LABEL}: '
-             f'{data.config.metaworld_eval_episodes} episodes per task over the benchmark\'s 50 goal variations, '
+             f'{setting["metaworld_protocol_episodes"]} episodes per task over the benchmark\'s 50 goal variations, '
              f'500-step episodes that end at success (the protocol of Meta-World+ and later work on Meta-World '
              f'3). {spread}. {bold} Parameter counts are one network each (policy, one Q); wall time = '
              f'training plus final evaluation, summed over seeds.</p>']
