@@ -42,11 +42,6 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/paper.smk"
 
 
-# reports/paper.html is the paper table's, not the report of an experiment named "paper" (a name
-# d2r.config refuses).
-ruleorder: paper > report
-
-
 # On a cluster (snakemake --profile profiles/slurm; README "Running on a Slurm cluster"): setup,
 # train and evaluate are Slurm jobs; these few-second file-reading jobs run in the Snakemake
 # process itself instead of waiting in the queue.

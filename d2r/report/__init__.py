@@ -9,6 +9,8 @@ One way, each module one job:
     html      the sections: tables, notes and figures, escaped and formatted
     videos    the render job's videos, read and embedded
     page      the sections assembled into one self-contained HTML file
+    paper     the paper table (reports/paper.html): every experiment's metrics beside the
+              published numbers of published.yaml (its own job, d2r/jobs/paper.py)
 
 The job that writes the files is d2r/jobs/report.py (`python -m d2r report`).
 """
