@@ -96,10 +96,10 @@ def snakemake(repo: Path, *args: str) -> str:
     return sh(repo, sys.executable, "-m", "snakemake", *args)
 
 
-def planned(repo: Path, *args: str) -> dict[str, int]:
-    """Jobs a dry run of the tiny report (with these extra arguments) would run: rule -> count
-    ({} when nothing)."""
-    out = snakemake(repo, "-n", TARGET, *args)
+def planned(repo: Path, *args: str, target: str = TARGET) -> dict[str, int]:
+    """Jobs a dry run of the tiny report (or `target`; with these extra arguments) would run:
+    rule -> count ({} when nothing)."""
+    out = snakemake(repo, "-n", target, *args)
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:", 1)[1]
@@ -257,6 +257,19 @@ def test_what_reruns(repo):
     for m in METHODS:
         assert yaml.safe_load((run_dir(repo, m) / "eval.json").read_text())["episodes"] == 2
     assert planned(repo) == {}
+
+
+def test_paper_table_target_never_trains(repo):
+    """reports/paper.html shows the experiments that have metrics (tiny: a subset of MT10's tasks,
+    listed below the table) and never plans an experiment's jobs, even an outdated one's."""
+    paper = "reports/paper.html"
+    snakemake(repo, "--cores", "1", paper)
+    assert "no published counterpart): tiny." in (repo / paper).read_text()
+    assert planned(repo, target=paper) == {}
+    edit_params(repo, lambda raw: raw["presets"]["tiny"].update(updates_per_epoch=3))   # tiny is outdated
+    assert planned(repo, target=paper) == {"paper": 1}
+    edit_params(repo, lambda raw: raw["presets"]["tiny"].update(updates_per_epoch=2))
+    assert planned(repo, target=paper) == {}
 
 
 def test_report_rebuild_identical(repo):

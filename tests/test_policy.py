@@ -90,12 +90,18 @@ def test_load_policy_refuses_a_run_it_cannot_rebuild(trained, tmp_path):
 
 
 def test_evaluate_job_writes_both_protocols(trained, tmp_path):
-    """eval.json: the paper's protocol at the top, Meta-World's under "metaworld", labelled; the
-    same bytes twice but for the wall times."""
+    """eval.json: the paper's protocol at the top, Meta-World's under "metaworld", labelled. The
+    run is rebuilt from its run.json: with today's params.yaml at other network sizes (the paper's)
+    the job gives the same file, but for the wall time (and so it repeats itself)."""
     params, run = trained
+    raw = yaml.safe_load(params.read_text())
+    raw["nets"]["d2r"] = yaml.safe_load((ROOT / "params.yaml").read_text())["nets"]["d2r"]
+    assert raw["nets"]["d2r"]["num_modules"] == 16
+    today = tmp_path / "today.yaml"
+    today.write_text(yaml.safe_dump(raw))
     outs = []
-    for name in ("a.json", "b.json"):
-        subprocess.run([sys.executable, "-m", "d2r", "evaluate", "--params", str(params), "--experiment", "tiny",
+    for name, params_file in (("a.json", params), ("b.json", today)):
+        subprocess.run([sys.executable, "-m", "d2r", "evaluate", "--params", str(params_file), "--experiment", "tiny",
                         "--method", "d2r", "--seed", "0", "--run-dir", str(run), "--out", str(tmp_path / name),
                         "--threads", "1"], check=True, capture_output=True, timeout=600, cwd=ROOT)
         ev = json.loads((tmp_path / name).read_text())
