@@ -201,8 +201,8 @@ ALLOWED = {"integer": {"integer"}, "number": {"integer", "integral float", "floa
 
 def wrong_values(path) -> st.SearchStrategy:
     schema = subschema(path)
-    if "enum" in schema:
-        ok = {"string"}  # every enum of the schema lists strings
+    if "enum" in schema:  # strings, and for cuda_graphs YAML's bare on / off (booleans)
+        ok = {"boolean" if isinstance(v, bool) else "string" for v in schema["enum"]}
     elif "oneOf" in schema:  # tasks: "all" or a list of names
         ok = {"string", "list"}
     else:

@@ -231,6 +231,7 @@ def test_evaluate_refuses_a_malicious_model(params, reference, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     marker = tmp_path / "pwned"
+    shutil.copy(reference / "run.json", run / "run.json")     # a real run's configuration, a bad model
     (run / "model.pt").write_bytes(malicious_bytes(marker, "torch"))
     proc = d2r(*evaluate_args(params, run))
     assert proc.returncode == 1

@@ -23,7 +23,8 @@ def tiny_params(tmp_path: Path, epochs: int = 6) -> Path:
                                   batch_per_task=8, replay_size=4000, eval_every=2, eval_episodes=1,
                                   checkpoint_every=1)
     raw["experiments"] = {"tiny": dict(benchmark="MT10", tasks=["reach", "drawer-close"], goal_mode="random",
-                                       methods=["d2r"], seeds=[0], preset="tiny", final_eval_episodes=1)}
+                                       methods=["d2r"], seeds=[0], preset="tiny", final_eval_episodes=1,
+                                       metaworld_eval_episodes=1)}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
