@@ -1,8 +1,8 @@
 """The pipeline's jobs, defined once: what each job reads, writes and depends on in params.yaml.
 
-The Snakemake rules take their outputs, inputs and `params:` from here; each job writes a build
-record of what it was made from (d2r.records) with the same definitions; and the freshness check
-before every Snakemake run compares the two. No torch and no simulator (the Snakefile imports it).
+The Snakemake rules take their outputs and inputs from here; each job writes a build record of
+what it was made from (d2r.records) with the same definitions, its parameters among them; and the
+freshness check of every job Snakemake plans compares the two. No torch and no simulator (the Snakefile imports it).
 
     results/E/environment.json                setup      (record: results/E/records/setup.json)
     results/E/M/seedS/{model.pt, run.json,    train      (record: results/E/M/seedS/records/train.json)
@@ -151,7 +151,7 @@ def upstream(job: Job, params: Params) -> list[Job]:
 
 
 def job_params(job: Job, params: Params) -> dict[str, Any]:
-    """Exactly what the job depends on in params.yaml (its rule's `params:`): a change re-runs it."""
+    """Exactly what the job depends on in params.yaml (in its build record): a change re-runs it."""
     if job.name == "setup":
         exp = params.experiment(job.experiment)
         return {"benchmark": exp.benchmark, "tasks": list(exp.tasks), "goal_mode": exp.goal_mode,

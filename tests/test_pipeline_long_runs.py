@@ -145,26 +145,42 @@ def test_a_missing_intermediate_is_rebuilt_by_the_target_command(reference, tmp_
     assert planned(repo) == {}
 
 
-def test_after_a_failed_job_what_was_built_from_its_outputs_is_rebuilt(reference, tmp_path):
-    """evaluate re-runs (its parameter changed) and fails for mtsac (an unreadable model):
-    Snakemake deletes that eval.json; the report built from the old one stays (labelled with the
-    parameters it was made with) but is outdated. With the model and the parameter back, the
-    target command rebuilds what is missing and what was built from it."""
+def test_a_damaged_model_is_rebuilt_before_anything_reads_it(reference, tmp_path):
+    """A model.pt that is not the file training wrote: training runs again (from its final
+    checkpoint, in seconds) and what was built from it, saying why in one line."""
     repo = tmp_path / "repo"
     shutil.copytree(reference, repo, symlinks=True)
-    model = run_dir(repo, "mtsac") / "model.pt"
-    good = model.read_bytes()
-    model.write_bytes(b"not a model")
-    edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(final_eval_episodes=2))
+    (run_dir(repo, "mtsac") / "model.pt").write_bytes(b"not a model")
+    out = snakemake(repo, "-n", TARGET)
+    assert [line for line in out.splitlines() if line.startswith("outdated:")] == [
+        f"outdated: train {EXPERIMENT}/mtsac/seed0: results/{EXPERIMENT}/mtsac/seed0/model.pt is not the file "
+        "its job wrote (edited or damaged since)"]
+    assert planned(repo) == {"train": 1, "evaluate": 1, "analyse": 1, "report": 1}
+    snakemake(repo, "--cores", "2", TARGET)
+    same_as_reference(repo, reference)
+
+
+def test_after_a_failed_job_what_was_built_from_its_outputs_is_rebuilt(reference, tmp_path):
+    """evaluate re-runs (its code changed) and fails for mtsac: Snakemake deletes that eval.json;
+    the report built from the old one stays (labelled with the parameters it was made with; nothing
+    else is deleted) but is outdated. With the code back, the target command rebuilds what is
+    missing and what was built from it."""
+    repo = tmp_path / "repo"
+    shutil.copytree(reference, repo, symlinks=True)
+    job = repo / "d2r" / "jobs" / "evaluate.py"
+    code = job.read_text()
+    job.write_text(code.replace("def run(args) -> int:\n",
+                                "def run(args) -> int:\n    if args.method == 'mtsac':\n"
+                                "        raise SystemExit('error: failed on purpose')\n", 1))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode != 0
     log = (repo / "logs" / EXPERIMENT / "mtsac" / "seed0" / "evaluate.log").read_text()
-    assert log.startswith("error: results/tiny/mtsac/seed0/model.pt: "), log
+    assert log.startswith("error: failed on purpose"), log
     assert not (run_dir(repo, "mtsac") / "eval.json").exists()
-    model.write_bytes(good)
-    edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(final_eval_episodes=1))
-    plan = planned(repo)   # mtsac's evaluation; d2r's too if it ran with 2 episodes before the failure
+    assert (repo / TARGET).exists() and (run_dir(repo, "mtsac") / "model.pt").exists()
+    job.write_text(code)
+    plan = planned(repo)   # mtsac's evaluation; d2r's too if it ran with the edited code before the failure
     assert "train" not in plan and plan.get("report") == 1 and plan.get("evaluate") in (1, 2), plan
     snakemake(repo, "--cores", "2", TARGET)
     same_as_reference(repo, reference)

@@ -11,8 +11,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from d2r.report.html import esc
 from d2r.io import ResultFileError, read_json
+from d2r.report.html import esc
 from d2r.report.load import ReportError
 
 INDEX = "index.json"

@@ -112,16 +112,17 @@ def outdated(job: Job) -> bool:
 
 def rebuild_if_outdated(job: Job) -> None:
     """Force the job when its outputs are not what today's parameters, code and inputs make,
-    saying why in one line. Inside a cluster job (`--mode remote`) the submitting Snakemake has
-    decided already."""
+    saying why in one line. Not a job never built (its missing outputs make it run), nor one that
+    reads the outputs of an outdated job (it runs after that one: its inputs are not ancient).
+    Inside a cluster job (`--mode remote`) the submitting Snakemake has decided already."""
     if not workflow.is_main_process:
         return
     if job.name == "report":
         REPORTS.add(job.experiment)
-    why, worth_a_line = FRESHNESS.verdict(job)
-    if why is None:
+    why, root_cause = FRESHNESS.verdict(job)
+    if why is None or not root_cause:
         return
-    if worth_a_line and job not in SAID:
+    if job not in SAID:
         SAID.add(job)
         sys.stderr.write(f"outdated: {job.label}: {why}\n")
     force(job.record)
