@@ -20,7 +20,7 @@ from typing import Any
 
 from d2r.config import Params
 from d2r.io import atomic_write_json, dump_json
-from d2r.pipeline import Job, input_files, job_params, upstream
+from d2r.pipeline import PAPER, Job, input_files, job_params, upstream
 from d2r.sources import ROOT, job_sources
 
 FORMAT = 1          # a record of another format is outdated: its job runs again
@@ -128,7 +128,10 @@ class Freshness:
         return self._verdicts[job]
 
     def _judge(self, job: Job) -> tuple[str | None, bool]:
-        for before in upstream(job, self.params):   # the root cause is said there
+        # The paper table is of the metrics as they are (d2r.pipeline): whether their reports are
+        # current is not its concern, only whether they are the files it read (below).
+        before_jobs = [] if job.name == PAPER else upstream(job, self.params)
+        for before in before_jobs:   # the root cause is said there
             if self.outdated(before):
                 return f"made from the outputs of {before.label}, which is outdated", False
         outputs = list(job.outputs().values())

@@ -146,8 +146,9 @@ def test_a_record_is_where_the_layout_puts_it():
 
 
 def test_the_paper_table_is_made_from_the_metrics_there_are(tree, tmp_path):
-    """Its inputs are the metrics on disk: another experiment's metrics appearing (here without a
-    record of their report, as in a clone without `dvc pull`), or one changing, outdates it."""
+    """Its inputs are the metrics on disk, as they are: another experiment's metrics appearing (here
+    without a record of their report, as in a clone without `dvc pull`), or one changing, outdates
+    it; whether their reports are current does not."""
     params, jobs = tree
     paper = Job("paper")
     assert paper.record == "results/records/paper.json" and paper.outputs() == {"html": "reports/paper.html"}
@@ -159,9 +160,12 @@ def test_the_paper_table_is_made_from_the_metrics_there_are(tree, tmp_path):
     assert list(json.loads((tmp_path / paper.record).read_text())["inputs"]) == ["metrics/smoke.json"]
     other = tmp_path / "metrics" / "easy3.json"
     other.write_text("{}")
-    assert records.Freshness(params).verdict(paper)[0] == "made from the outputs of report easy3, which is outdated"
+    assert records.Freshness(params).verdict(paper) == ("made from another set of inputs", True)
     other.unlink()
+    edited = params_with(lambda raw: raw["train"].update(lr=1e-3))     # every job of smoke outdated
+    assert records.Freshness(edited).verdict(paper) == (None, False)
     (tmp_path / jobs["report"].outputs()["metrics"]).write_text('{"edited": 1}')
-    assert records.Freshness(params).verdict(paper)[0] == "made from the outputs of report smoke, which is outdated"
+    assert records.Freshness(params).verdict(paper) == ("made from other inputs (metrics/smoke.json changed since)",
+                                                        True)
     with pytest.raises(ValueError):
         Job("paper", "smoke")

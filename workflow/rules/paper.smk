@@ -2,7 +2,7 @@
 # params.yaml that has metrics (metrics/E.json) beside published numbers (d2r/report/published.yaml).
 #
 # It takes the metrics as they are, so asking for the table never trains or re-evaluates anything:
-# they are in its build record (rebuilt when one changes, appears or is outdated) but not given to
+# they are in its build record (rebuilt when one changes or appears) but not given to
 # Snakemake as inputs, which would bring every experiment up to date first (days of training).
 # Build an experiment's report first (`snakemake --cores all reports/mt10.html`), then the table.
 
