@@ -69,6 +69,7 @@ def origin(tmp_path_factory) -> Path:
     dvc_yaml = repo / "dvc.yaml"
     dvc_yaml.write_text(dvc_yaml.read_text().replace("foreach:\n", f"foreach:\n      - {EXPERIMENT}\n", 1))
     sh(repo, "git", "init", "-q")
+    identify(repo)
     sh(repo, "dvc", "config", "core.analytics", "false")
     sh(repo, "dvc", "remote", "add", "-d", "local", str(base / "remote"))
     sh(repo, *GIT, "add", "-A")
@@ -85,9 +86,16 @@ def origin(tmp_path_factory) -> Path:
     return repo
 
 
+def identify(repo: Path) -> None:
+    """A committer for the commits DVC makes of experiments (a machine may have no global one)."""
+    sh(repo, "git", "config", "user.name", "t")
+    sh(repo, "git", "config", "user.email", "t@t")
+
+
 def clone(origin: Path, dest: Path) -> Path:
     """`git clone` and `dvc pull` of the experiment: no .snakemake/ records, DVC's file order."""
     sh(origin.parent, "git", "clone", "-q", str(origin), str(dest))
+    identify(dest)
     sh(dest, "dvc", "pull", STAGE)
     return dest
 
