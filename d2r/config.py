@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -413,11 +412,6 @@ def read_params_file(path: str | Path) -> Any:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(read_params_file(path), str(path))
-
-
-def fingerprint(data: Any) -> str:
-    """Stable text of JSON data, for comparing configurations."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 # ----------------------------------------------------------------------------------------------
