@@ -55,9 +55,13 @@ def _as_json(data: Any) -> Any:
     return json.loads(dump_json(data))
 
 
+def _input_paths(job: Job, params: Params) -> list[str]:
+    return [f for group in input_files(job, params).values() for f in group]
+
+
 def made_from(job: Job, params: Params) -> dict[str, Any]:
     """What the job's outputs are made from, now: its parameters, code and input files."""
-    files = [f for group in input_files(job, params).values() for f in group]
+    files = _input_paths(job, params)
     return {"format": FORMAT, "job": job.label, "params": _as_json(job_params(job, params)),
             "code": code_digests(job.name), "inputs": {f: file_digest(f) for f in files}}
 
@@ -159,7 +163,7 @@ class Freshness:
         if record["code"] != code:
             files = sorted(f for f in code.keys() | record["code"].keys() if code.get(f) != record["code"].get(f))
             return f"made by other code ({_names(files)} changed)", True
-        files = [f for group in input_files(job, self.params).values() for f in group]
+        files = _input_paths(job, self.params)
         if sorted(record["inputs"]) != sorted(files):
             return "made from another set of inputs", True
         changed = [f for f in files if record["inputs"][f] != self.digest(f)]

@@ -14,20 +14,24 @@ import yaml
 from d2r.pipeline import Job
 
 
-def dvc_stages() -> set[str]:
-    """The experiments with a stage in dvc.yaml (`experiment@E`)."""
+def dvc_experiments() -> set[str]:
+    """The experiments of this run's plan that have a stage in dvc.yaml (`experiment@E`); none when
+    DVC runs Snakemake or there is no DVC repository here."""
+    if "DVC_STAGE" in os.environ or not os.path.isdir(".dvc") or not REPORTS:
+        return set()
     try:
         stages = yaml.safe_load(open("dvc.yaml"))["stages"]["experiment"]["foreach"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return set()
-    return set(stages) if isinstance(stages, list) else set()
+    return REPORTS & set(stages) if isinstance(stages, list) else set()
 
 
 def record_in_dvc() -> None:
-    if "DVC_STAGE" in os.environ or not os.path.isdir(".dvc") or not REPORTS:
+    experiments = dvc_experiments()
+    if not experiments:
         return
     after = Freshness(PARAMS)   # the digests as the run left them
-    for experiment in sorted(REPORTS & dvc_stages()):
+    for experiment in sorted(experiments):
         if after.outdated(Job("report", experiment)):
             continue
         stage = f"experiment@{experiment}"
@@ -43,13 +47,14 @@ def record_in_dvc() -> None:
 def warn_if_unrecorded() -> None:
     """After a failed run: an experiment DVC has no record of would lose its results, checkpoints
     included, to `dvc exp run`, which checks the workspace out from dvc.lock first."""
-    if "DVC_STAGE" in os.environ or not os.path.isdir(".dvc") or not REPORTS:
+    experiments = dvc_experiments()
+    if not experiments:
         return
     try:
         locked = set((yaml.safe_load(open("dvc.lock")) or {}).get("stages", {}))
     except (OSError, yaml.YAMLError, AttributeError):
         locked = set()
-    for experiment in sorted(REPORTS & dvc_stages()):
+    for experiment in sorted(experiments):
         stage = f"experiment@{experiment}"
         if stage not in locked and os.path.isdir(f"results/{experiment}"):
             sys.stderr.write(f"note: {stage} is not recorded in dvc.lock yet: finish it with the same command "
