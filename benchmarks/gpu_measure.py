@@ -256,7 +256,7 @@ def training_epochs(params, sizes, device, deadline) -> dict:
     """Measured MT10 D2R training epochs inside the trainer (graphs on, updates_per_epoch updates of
     batch 128 per task), overlapped collection off and on, sync and async envs: the median of the
     epochs after the first with updates (that one holds the warm-up and the graph capture)."""
-    from d2r.train import Trainer
+    from d2r.sac.training import Trainer
 
     rows = {}
     for strategy in ("sync", "async"):  # the paper's setting first
@@ -295,7 +295,7 @@ def training_epochs(params, sizes, device, deadline) -> dict:
 def evaluation_cost(params, sizes, device, deadline) -> dict:
     """One greedy evaluation episode per MT10 task (sync envs, D2R at paper width): the median of
     three; a periodic evaluation of the paper is eval_episodes (32) of them."""
-    from d2r.evaluate import evaluate_agent
+    from d2r.sac.evaluation import evaluate_agent
 
     tasks = list(mw.BENCHMARKS["MT10"])
     agent = bench.make_agent(params, "d2r", len(tasks), device)

@@ -11,11 +11,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # `d2r.load_policy` (d2r/policy.py), imported when first used: `import d2r` stays free of torch
+    # `d2r.load_policy` (d2r/sac/policy.py), imported when first used: `import d2r` stays free of torch
     # (the Snakefile and the report read parameters and files only). By name, not an import
-    # statement: d2r.sources reads import statements, and no job reaches d2r.policy through here.
+    # statement: d2r.pipeline.sources reads import statements, and no job reaches d2r.sac.policy through here.
     if name == "load_policy":
         import importlib
 
-        return importlib.import_module("d2r.policy").load_policy
+        return importlib.import_module("d2r.sac.policy").load_policy
     raise AttributeError(f"module 'd2r' has no attribute {name!r}")

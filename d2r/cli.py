@@ -11,9 +11,9 @@ import importlib
 import sys
 
 from d2r.config import ParamsError, load_params
-from d2r.io import CheckpointError, ResultFileError
+from d2r.runtime.io import CheckpointError, ResultFileError
 
-#: the jobs the pipeline's rules run (d2r.pipeline.JOBS), each able to write its build record
+#: the jobs the pipeline's rules run (d2r.pipeline.layout.JOBS), each able to write its build record
 PIPELINE_JOBS = ("setup", "train", "evaluate", "analyse", "report", "render", "paper")
 JOBS = {
     "setup": ("d2r.jobs.setup", "record versions and the device, build the task set once"),
@@ -42,7 +42,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             job.add_argument("--record", metavar="PATH",
                              help="after the job succeeded, write its build record here: the parameters, code "
                                   "and inputs it was made from and its outputs (the pipeline's rules pass it; "
-                                  "d2r.records)")
+                                  "d2r.pipeline.records)")
         job_parsers[name] = job
     # Job arguments are added lazily (see main) so that importing torch is paid only when needed.
     return parser, job_parsers
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "record", None):
             # What the outputs are made from is taken before the job reads anything. The record
-            # modules are imported only here: they are no job's sources (d2r.sources.BOOKKEEPING).
-            from d2r import records
+            # modules are imported only here: they are no job's sources (d2r.pipeline.sources.BOOKKEEPING).
+            from d2r.pipeline import records
             built = _pipeline_job(args)
             made = records.made_from(built, load_params(args.params))
         status = int(importlib.import_module(args._module).run(args) or 0)
@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline_job(args):
-    """The pipeline job these arguments run (a d2r.pipeline.Job), for its build record."""
-    from d2r.pipeline import Job
+    """The pipeline job these arguments run (a d2r.pipeline.layout.Job), for its build record."""
+    from d2r.pipeline.layout import Job
 
     if getattr(args, "experiment", None) is None and args.job != "paper":
         raise SystemExit(f"error: {args.job} --record needs --experiment (and --method, --seed for one run's job)")
     job = Job(args.job, getattr(args, "experiment", None), getattr(args, "method", None), getattr(args, "seed", None))
-    if args.record != job.record:  # the record's place is part of the results layout (d2r.pipeline)
+    if args.record != job.record:  # the record's place is part of the results layout (d2r.pipeline.layout)
         raise SystemExit(f"error: --record {args.record}: the build record of {job.label} is {job.record}")
     return job
 

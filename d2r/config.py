@@ -48,7 +48,7 @@ class SACConfig:
     overlap_collection: bool
     update_order: str             # joint (the release: every loss from the pre-step parameters) | sequential
     cuda_graphs: str = "auto"     # auto | on | off: the update without host reads, as a CUDA graph on CUDA
-                                  # (d2r.agent.resolve_cuda_graphs); YAML's bare on/off (booleans) accepted
+                                  # (d2r.sac.agent.resolve_cuda_graphs); YAML's bare on/off (booleans) accepted
 
     def __post_init__(self):
         if isinstance(self.cuda_graphs, bool):  # YAML 1.1 reads a bare `on` / `off` as true / false
@@ -302,7 +302,7 @@ def _method(name: str, raw_method: dict, nets: dict, source: str) -> MethodConfi
 
 def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: str) -> ExperimentConfig:
     where = f"{source}: experiments.{name}"
-    if name == "paper":   # reports/paper.html is the paper table's (d2r.pipeline)
+    if name == "paper":   # reports/paper.html is the paper table's (d2r.pipeline.layout)
         raise ParamsError(f"{where}: the name 'paper' is taken by the paper table (reports/paper.html): rename it")
     try:
         tasks = tuple(resolve_tasks(raw_exp["benchmark"], raw_exp["tasks"]))
@@ -422,7 +422,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 class RenderConfig:
     """Videos of greedy episodes of the final policy: one per task, for each method's first seed.
 
-    Read by the render job (d2r/render.py), the report and the Snakemake rules; never by training
+    Read by the render job (d2r/video.py), the report and the Snakemake rules; never by training
     or evaluation, so no setting here changes a result."""
 
     enabled: bool        # false: no render jobs; the report says videos are off

@@ -174,7 +174,7 @@ def make_task_envs(
 
     Observations have ``STATE_DIM + len(tasks)`` floats: Meta-World's 39 (goal observable)
     then the one-hot task id. ``stream`` separates independent streams of one run
-    (d2r.seeding names them: training, evaluation, final evaluation, videos); fixed goals do
+    (d2r.runtime.seeding names them: training, evaluation, final evaluation, videos); fixed goals do
     not depend on it.
     """
     names = [short_name(str(t)) for t in ([tasks] if isinstance(tasks, str) else tasks)]

@@ -1,5 +1,5 @@
 """Shared fixtures: a small synthetic results tree written by hand, following the file contract
-of the train / evaluate jobs (see d2r/report/load.py and README "Outputs"), so that the analyse
+of the train / evaluate jobs (see d2r/reporting/load.py and README "Outputs"), so that the analyse
 and report jobs can be tested without training anything."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from d2r.io import atomic_write_json, dump_json
+from d2r.runtime.io import atomic_write_json, dump_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,11 +164,11 @@ def write_synthetic_results(root: Path, params_src: Path | None = None) -> tuple
 
 
 def write_synthetic_videos(results: Path, seed: int = SYNTH_SEEDS[0]) -> list[Path]:
-    """The render job's output (d2r/render.py) for each method's first seed, with drawn frames: a
+    """The render job's output (d2r/video.py) for each method's first seed, with drawn frames: a
     square crossing a coloured background (no MuJoCo needed). Returns the video directories."""
     import numpy as np
 
-    from d2r.render import _writer
+    from d2r.video import _writer
     from d2r.config import RenderConfig
 
     cfg = RenderConfig(enabled=True, width=VIDEO_SIZE, height=VIDEO_SIZE, frame_stride=10, fps=8,
@@ -243,7 +243,7 @@ def _mujoco_rendering() -> str:
     """'' when MuJoCo can render offscreen here (OSMesa or EGL), after installing Debian's
     libosmesa6 with apt-get when neither works (as root); else why not. CI machines start without
     it: the render tests install it themselves, as tests/test_slurm.py does for Slurm."""
-    from d2r.render import _probe
+    from d2r.video import _probe
 
     if not _probe("osmesa") or not _probe("egl"):
         return ""

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from d2r.agent import MultiTaskSAC
+from d2r.sac.agent import MultiTaskSAC
 from d2r.config import MethodConfig, SACConfig
-from d2r.replay import TaskReplayBuffer
+from d2r.sac.replay import TaskReplayBuffer
 
 SAC = SACConfig(gamma=0.99, tau=0.005, lr=3e-4, lr_alpha=1e-4, reward_scale=0.1, grad_clip=1.0,
                 loss_mask_threshold=3000.0, bootstrap_on_truncation=False, overlap_collection=False,

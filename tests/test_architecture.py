@@ -1,9 +1,11 @@
 """The package's structure: imports run one way, each job's sources are what it imports, and
 the parameters read without the simulator.
 
-Layers: config (tasks) -> envs / nets -> agent -> train / evaluate (library) -> jobs (d2r/jobs/,
-each job's add_arguments/run) -> cli. No module imports a layer above it, and the import graph of
-the package has no cycle.
+Layers, each importing only itself and those before it (LAYERS): the parameters (d2r.config,
+d2r.tasks) -> run plumbing (d2r/runtime/) -> the pipeline's bookkeeping (d2r/pipeline/) -> Meta-World
+and the networks (d2r.envs, d2r/nets/) -> multi-task SAC (d2r/sac/) -> what the downstream jobs
+compute (d2r.analysis, d2r.video, d2r.benchmark, d2r/reporting/) -> the jobs (d2r/jobs/, each
+job's add_arguments/run) -> the CLI. The import graph has no cycle and no module name is used twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from d2r import sources
+from d2r.pipeline import sources
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("setup", "train", "evaluate", "analyse", "render", "report", "paper", "bench")
@@ -54,6 +56,31 @@ def test_no_import_cycle_in_the_package():
             visit(name, [name])
 
 
+LAYERS = [("d2r", "d2r.config", "d2r.tasks"), ("d2r.runtime",), ("d2r.pipeline",), ("d2r.envs", "d2r.nets"),
+          ("d2r.sac",), ("d2r.analysis", "d2r.video", "d2r.benchmark", "d2r.reporting"), ("d2r.jobs",),
+          ("d2r.cli", "d2r.__main__")]
+
+
+def _layer(module: str) -> int:
+    for number, names in reversed(list(enumerate(LAYERS))):
+        if any(module == n or (n != "d2r" and module.startswith(n + ".")) for n in names):
+            return number
+    pytest.fail(f"{module} is in no layer of LAYERS")
+
+
+def test_imports_point_to_the_same_layer_or_one_below():
+    upward = [f"{name} -> {dep}" for name, deps in _graph().items() for dep in deps if _layer(dep) > _layer(name)]
+    assert not upward, f"imports upward: {upward}"
+
+
+def test_no_module_name_is_used_twice():
+    names: dict[str, list[str]] = {}
+    for name in _modules():
+        names.setdefault(name.rpartition(".")[2], []).append(name)
+    twice = {short: full for short, full in names.items() if len(full) > 1}
+    assert not twice, f"module names used twice: {twice}"
+
+
 def test_library_modules_do_not_import_the_jobs_or_the_cli():
     for name, deps in _graph().items():
         if name in ("d2r.cli", "d2r.__main__") or name.startswith("d2r.jobs"):
@@ -89,18 +116,19 @@ def test_job_sources_hold_every_d2r_file_the_job_imports(job):
 
 
 def test_the_cli_offers_a_build_record_for_every_pipeline_job():
-    from d2r import cli, pipeline
+    from d2r import cli
+    from d2r.pipeline import layout as pipeline
 
     assert sorted(cli.PIPELINE_JOBS) == sorted(pipeline.JOBS)
 
 
 def test_job_sources_separate_the_jobs():
     train, setup, report = (set(sources.job_sources(j)) for j in ("train", "setup", "report"))
-    assert {"d2r/nets/module_stack.py", "d2r/agent.py", "d2r/params.schema.yaml"} <= train
+    assert {"d2r/nets/module_stack.py", "d2r/sac/agent.py", "d2r/params.schema.yaml"} <= train
     # the benchmark, the reference network and the downstream jobs are not training's sources
-    assert not {f for f in train if f.startswith(("d2r/report", "d2r/bench", "d2r/nets/reference", "d2r/render"))}
-    assert not {f for f in setup if f.startswith(("d2r/nets", "d2r/agent", "d2r/train"))}
-    assert not {f for f in report if f.startswith(("d2r/nets", "d2r/agent", "d2r/envs", "d2r/train"))}
+    assert not {f for f in train if f.startswith(("d2r/reporting", "d2r/benchmark", "d2r/nets/reference", "d2r/video"))}
+    assert not {f for f in setup if f.startswith(("d2r/nets", "d2r/sac/agent", "d2r/sac/training"))}
+    assert not {f for f in report if f.startswith(("d2r/nets", "d2r/sac/agent", "d2r/envs", "d2r/sac/training"))}
     with pytest.raises(ValueError, match="no job module"):
         sources.job_sources("no-such-job")
 

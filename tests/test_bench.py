@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from d2r import bench
+from d2r import benchmark as bench
 from d2r.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]

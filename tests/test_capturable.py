@@ -1,5 +1,5 @@
 """The update with `cuda_graphs: on`, run eagerly on a CPU: the code a CUDA graph captures on a GPU
-(d2r.cuda_graph). It must read nothing back to the host, give the default update's results to
+(d2r.sac.cuda_graph). It must read nothing back to the host, give the default update's results to
 float rounding, and keep its NaN/Inf checks on the device, naming afterwards what the default
 checks name at once: the first failing update, its network, parameter and tasks."""
 
@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from d2r.agent import MultiTaskSAC, NonFiniteError, resolve_cuda_graphs
+from d2r.sac.agent import MultiTaskSAC, NonFiniteError, resolve_cuda_graphs
 from d2r.config import MethodConfig
 from test_agent import SAC, d2r_method, filled_buffer, make_agent
 from test_reliability import nan_after_policy_step, nan_parameter  # the same faults as the default path's tests
@@ -146,7 +146,7 @@ def test_device_side_checks_number_updates_from_the_last_read():
 
 
 def test_a_checkpoint_from_before_the_cuda_graphs_key_still_resumes():
-    from d2r.train import _comparable
+    from d2r.sac.training import _comparable
 
     new = {"experiment": {"budget": {"epochs": 6}}, "sac": {"gamma": 0.99, "cuda_graphs": "auto"}}
     old = {"experiment": {"budget": {"epochs": 6}}, "sac": {"gamma": 0.99}}

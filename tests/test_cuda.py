@@ -11,8 +11,8 @@ import dataclasses
 import pytest
 import torch
 
-from d2r.agent import MultiTaskSAC
-from d2r.replay import TaskReplayBuffer
+from d2r.sac.agent import MultiTaskSAC
+from d2r.sac.replay import TaskReplayBuffer
 from test_agent import ACTION, SAC, STATE, TASKS, filled_buffer
 from test_capturable import CASES
 
@@ -154,7 +154,7 @@ def test_collection_on_its_own_stream_while_graph_updates_replay_equals_collecti
     CUDA-graph updates on the learner's, equals the episode collected with nothing else running
     (the same policy snapshot, generator and env streams), and the learner reads it whole."""
     from d2r import envs as mw
-    from d2r.collect import Collector
+    from d2r.sac.collect import Collector
 
     tasks = ["reach", "push"]
     a = MultiTaskSAC(CASES["d2r"][0], dataclasses.replace(SAC, cuda_graphs="on"), mw.STATE_DIM, mw.ACTION_DIM,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from d2r.nets import routes as R
-from d2r.nets.d2r import D2RNet
+from d2r.nets.d2r_net import D2RNet
 from d2r.nets.module_stack import RoutedModuleStack
 from d2r.nets.reference import PlainD2RNet
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from d2r.config import ParamsError
-from d2r.devices import claim_device, claim_gpu, resolve_device
+from d2r.runtime.devices import claim_device, claim_gpu, resolve_device
 
 
 def test_runs_spread_over_the_gpus_then_share_them(tmp_path):
@@ -25,7 +25,7 @@ def test_runs_spread_over_the_gpus_then_share_them(tmp_path):
 
 
 def test_a_killed_run_frees_its_gpu(tmp_path):
-    code = ("import sys, time; from d2r.devices import claim_gpu; "
+    code = ("import sys, time; from d2r.runtime.devices import claim_gpu; "
             f"gpu, lock = claim_gpu(2, {str(tmp_path)!r}); print(gpu, flush=True); time.sleep(600)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -4,7 +4,7 @@
 One repository (`origin`) builds the tiny experiment with `snakemake` alone, as `make smoke` does;
 Snakemake then records it in dvc.lock itself, so `dvc status`, `dvc push` and `dvc exp run` work
 on it at once. Every other test works in a `git clone` of it after `dvc pull`: a workspace with no
-.snakemake/ records and DVC's file times, where freshness must come from content (d2r.records).
+.snakemake/ records and DVC's file times, where freshness must come from content (d2r.pipeline.records).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The paper table (`python -m d2r paper` -> reports/paper.html): the experiments that have metrics
-beside the published numbers of d2r/report/published.yaml, from a synthetic tree with experiments
+beside the published numbers of d2r/reporting/published.yaml, from a synthetic tree with experiments
 missing; and the published data file itself (every number cited)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from html import unescape
 import pytest
 
 from conftest import REPO, run_d2r
-from d2r.io import read_json
-from d2r.report.paper import SETTINGS, load_published
+from d2r.runtime.io import read_json
+from d2r.reporting.paper_table import SETTINGS, load_published
 
 
 def _section(text: str, setting: str) -> str:
@@ -93,7 +93,7 @@ def test_published_numbers_are_cited_and_second_hand_marked():
 def test_a_bad_published_entry_is_one_line(tmp_path):
     import yaml
 
-    from d2r.report.load import ReportError
+    from d2r.reporting.load import ReportError
 
     data = yaml.safe_load((REPO / "d2r" / "report" / "published.yaml").read_text())
     data["results"][3]["source"] = "somebody"

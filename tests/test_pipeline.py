@@ -206,7 +206,7 @@ def test_what_reruns(repo):
     os.utime(repo / "d2r" / "train.py")   # a newer file time alone re-runs nothing
     assert planned(repo) == {}
 
-    # Each job's sources are what it imports (d2r.sources): the report's statistics re-run the
+    # Each job's sources are what it imports (d2r.pipeline.sources): the report's statistics re-run the
     # report only; the renderer the videos and the report; setup its record and the report that
     # shows it; a network module every job that builds a net, not setup; the benchmark nothing.
     videos = {"render": 2} if not RENDERING.get("why") else {}

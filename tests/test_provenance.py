@@ -2,7 +2,7 @@
 
 import subprocess
 
-from d2r.provenance import code_version
+from d2r.runtime.provenance import code_version
 
 
 def git(repo, *args):

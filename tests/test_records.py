@@ -1,4 +1,4 @@
-"""Build records and freshness (d2r.records) on a results tree written by hand: what makes a
+"""Build records and freshness (d2r.pipeline.records) on a results tree written by hand: what makes a
 result outdated, what is said about it, and what is left alone. The same through Snakemake and
 DVC: tests/test_dvc.py."""
 
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from d2r import records
+from d2r.pipeline import records
 from d2r.config import parse_params
-from d2r.pipeline import Job, experiment_jobs
+from d2r.pipeline.layout import Job, experiment_jobs
 
 EXPERIMENT = "smoke"
 
@@ -127,13 +127,13 @@ def test_other_code_outdates_the_jobs_that_run_it(tree, monkeypatch):
 
     def edited(job_name):
         code = real(job_name)
-        if "d2r/agent.py" in code:
-            code["d2r/agent.py"] = "0" * 64
+        if "d2r/sac/agent.py" in code:
+            code["d2r/sac/agent.py"] = "0" * 64
         return code
 
     monkeypatch.setattr(records, "code_digests", edited)
     got = verdicts(params)
-    assert got["train"] == ("made by other code (d2r/agent.py changed)", True)
+    assert got["train"] == ("made by other code (d2r/sac/agent.py changed)", True)
     assert got["setup"] == (None, False)          # setup runs no network code
     assert got["report"][0] is not None           # built from the retrained run
 

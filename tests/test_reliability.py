@@ -41,10 +41,11 @@ import pytest
 import torch
 import yaml
 
-from d2r import cli, io as d2r_io
-from d2r.agent import MultiTaskSAC
-from d2r.checkpoint import CheckpointError, load_checkpoint_file, load_latest_checkpoint, save_checkpoint
-from d2r.replay import TaskReplayBuffer
+from d2r import cli
+from d2r.runtime import io as d2r_io
+from d2r.sac.agent import MultiTaskSAC
+from d2r.runtime.checkpoint import CheckpointError, load_checkpoint_file, load_latest_checkpoint, save_checkpoint
+from d2r.sac.replay import TaskReplayBuffer
 from test_train import ROOT, tiny_params
 
 EPOCHS = 3  # warm-up epoch 1, updates 1-3 in epoch 2 and 4-6 in epoch 3; a checkpoint every epoch
@@ -452,7 +453,7 @@ def test_writer_killed_mid_write_leaves_old_or_new_never_a_part(tmp_path):
     path = tmp_path / "big.bin"
     a, b = b"a" * (8 << 20), b"b" * (8 << 20)
     d2r_io.atomic_write_bytes(path, a)
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from d2r.io import atomic_write_bytes\n"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from d2r.runtime.io import atomic_write_bytes\n"
               f"a, b = b'a' * (8 << 20), b'b' * (8 << 20)\n"
               f"print('go', flush=True)\n"
               f"while True:\n    atomic_write_bytes({str(path)!r}, b)\n    atomic_write_bytes({str(path)!r}, a)\n")

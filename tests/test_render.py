@@ -33,10 +33,10 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     its configuration as run.json (what d2r.load_policy reads)."""
     import torch
 
-    from d2r.build import build_agent
-    from d2r.checkpoint import save_model
+    from d2r.sac.build import build_agent
+    from d2r.runtime.checkpoint import save_model
     from d2r.config import load_params
-    from d2r.io import atomic_write_json
+    from d2r.runtime.io import atomic_write_json
 
     root = tmp_path_factory.mktemp("render")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -127,7 +127,7 @@ def test_no_backend_is_one_clear_line(tiny_run, tmp_path):
 
 
 def test_choose_backend_names_every_failure(monkeypatch):
-    from d2r import render
+    from d2r import video as render
 
     monkeypatch.setenv("MUJOCO_GL", "")       # restored afterwards (choose_backend sets it)
     monkeypatch.delenv("MUJOCO_GL")

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import (EPOCHS, EVAL_EVERY, EVAL_WALL, EXPECTED, MW_EPISODES, N_MODULES, STEPS, SYNTH_EXPERIMENT,
                       SYNTH_METHODS, SYNTH_SEEDS, SYNTH_TASKS, TRAIN_WALL, VIDEO_SIZE, run_d2r)
-from d2r.io import read_json
+from d2r.runtime.io import read_json
 
 
 def test_analyse_routed(synthetic_report):
@@ -138,11 +138,11 @@ def test_report_missing_file_is_clear(synthetic_report, tmp_path):
 
 
 def test_report_imports_no_training_code(synthetic_report):
-    """The report reads files only: importing its job and the d2r.report package (its statistics and
-    videos modules, rliable) and d2r.analyse pulls in no torch/envs."""
-    code = ("import sys, d2r.jobs.report, d2r.report.load, d2r.report.stats, d2r.report.metrics, "
-            "d2r.report.figures, d2r.report.html, d2r.report.videos, d2r.report.page, d2r.analyse, rliable.library; "
-            "bad = [m for m in ('torch', 'd2r.agent', 'd2r.train', 'd2r.envs', 'metaworld') if m in sys.modules]; "
+    """The report reads files only: importing its job and the d2r.reporting package (its statistics and
+    videos modules, rliable) and d2r.analysis pulls in no torch/envs."""
+    code = ("import sys, d2r.jobs.report, d2r.reporting.load, d2r.reporting.stats, d2r.reporting.metrics, "
+            "d2r.reporting.figures, d2r.reporting.html, d2r.reporting.videos, d2r.reporting.page, d2r.analysis, rliable.library; "
+            "bad = [m for m in ('torch', 'd2r.sac.agent', 'd2r.sac.training', 'd2r.envs', 'metaworld') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     import subprocess
     import sys
@@ -179,7 +179,7 @@ def test_report_ablation_section(synthetic_report, tmp_path):
     assert sorted(read_json(metrics)["methods"]) == ["d2r", "d2r-no-balance", "mtsac"]
 
 
-# ---- statistics (d2r.report.stats via the report) ---------------------------------------------
+# ---- statistics (d2r.reporting.stats via the report) ---------------------------------------------
 # Hand values for the synthetic tree (conftest FINAL_SUCCESS), runs x tasks:
 #   d2r   [[1, .5, 0], [1, 1, .25]]  sorted 0 .25 .5 1 1 1    IQM = mean(.25, .5, 1, 1) = .6875
 #   mtsac [[.5, 0, 0], [1, .5, 0]]   sorted 0 0 0 .5 .5 1     IQM = mean(0, 0, .5, .5)  = .25
@@ -384,7 +384,7 @@ def test_depth_difficulty_labels_do_not_overlap(tmp_path, synthetic_report):
 
 
 def test_spread_ties_and_isolated():
-    from d2r.report.figures import isolated, spread_ties
+    from d2r.reporting.figures import isolated, spread_ties
 
     assert spread_ties([0.5, 1.0, 1.0, 1.0], step=0.05) == pytest.approx([0.5, 0.95, 1.0, 1.05])
     many = spread_ties([1.0] * 50)                       # 50 tied tasks stay within 0.15

@@ -1,4 +1,4 @@
-"""d2r.report.stats against hand-computed values on small tables, and against rliable itself."""
+"""d2r.reporting.stats against hand-computed values on small tables, and against rliable itself."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rliable import metrics as rl_metrics
 
-from d2r.report import stats
+from d2r.reporting import stats
 
 REPS = 300   # enough for these checks, fast
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from d2r.agent import MultiTaskSAC
+from d2r.sac.agent import MultiTaskSAC
 from test_agent import SAC, d2r_method, filled_buffer, make_agent
 
 

@@ -1,12 +1,12 @@
-"""`python -m d2r analyse`: routing per task for one run -> routes.json (d2r/analyse.py; files only)."""
+"""`python -m d2r analyse`: routing per task for one run -> routes.json (d2r/analysis.py; files only)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from d2r.analyse import AnalyseError, analyse
-from d2r.io import ResultFileError, atomic_write_json
+from d2r.analysis import AnalyseError, analyse
+from d2r.runtime.io import ResultFileError, atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`python -m d2r bench [--quick] [--sections ...]`: the throughput benchmarks of d2r/bench.py,
+"""`python -m d2r bench [--quick] [--sections ...]`: the throughput benchmarks of d2r/benchmark.py,
 printed for the current device. Numbers are printed, never asserted."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import argparse
 import numpy as np
 import torch
 
-from d2r import bench as B
+from d2r import benchmark as B
 
 METHODS = ("d2r", "mtsac", "mhsac", "moe", "softmod")
 SECTIONS = ("collection", "update", "plain", "efficiency", "end-to-end")
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from d2r.config import load_params
-    from d2r.devices import resolve_device
+    from d2r.runtime.devices import resolve_device
 
     sections = args.sections.split(",")
     unknown = sorted(set(sections) - set(SECTIONS))

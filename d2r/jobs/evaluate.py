@@ -1,10 +1,10 @@
 """`python -m d2r evaluate`: final rollouts of a trained model -> eval.json, in two protocols.
 
-The policy is loaded from the run directory (d2r.policy.load_policy: the network of the run's own
+The policy is loaded from the run directory (d2r.sac.policy.load_policy: the network of the run's own
 run.json, the weights of its model.pt), and so are the envs' settings (tasks, goals, episode
 length); params.yaml gives only this job's own settings: the episodes of each protocol and the
 device. eval.json holds the paper's protocol at the top level (as before) and Meta-World's own
-under "metaworld" (d2r/evaluate.py describes both).
+under "metaworld" (d2r/sac/evaluation.py describes both).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from d2r.build import make_run_envs
+from d2r.sac.build import make_run_envs
 from d2r.config import load_params
-from d2r.devices import claim_device
-from d2r.evaluate import PAPER_PROTOCOL, evaluate_agent, metaworld_evaluation
-from d2r.io import atomic_write_json
+from d2r.runtime.devices import claim_device
+from d2r.sac.evaluation import PAPER_PROTOCOL, evaluate_agent, metaworld_evaluation
+from d2r.runtime.io import atomic_write_json
 from d2r.jobs.arguments import add_run_arguments
-from d2r.policy import load_policy
-from d2r.seeding import FINAL_EVAL_STREAM
+from d2r.sac.policy import load_policy
+from d2r.runtime.seeding import FINAL_EVAL_STREAM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

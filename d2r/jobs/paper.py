@@ -1,7 +1,7 @@
-"""`python -m d2r paper`: the results table in the paper's shape, reports/paper.html (d2r/report/paper.py).
+"""`python -m d2r paper`: the results table in the paper's shape, reports/paper.html (d2r/reporting/paper_table.py).
 
 Reads the metrics of every experiment of params.yaml that has them (metrics/E.json, as they are:
-nothing is trained or rebuilt for it) and the published numbers (d2r/report/published.yaml).
+nothing is trained or rebuilt for it) and the published numbers (d2r/reporting/published.yaml).
 An experiment without metrics is named as not run. A missing or broken file is one line, exit 1.
 """
 
@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from d2r.config import ParamsError, load_params
-from d2r.io import ResultFileError, atomic_write_text, read_json
-from d2r.pipeline import existing_reports
-from d2r.report.load import ReportError
-from d2r.report.paper import load_published, render
+from d2r.runtime.io import ResultFileError, atomic_write_text, read_json
+from d2r.pipeline.layout import existing_reports
+from d2r.reporting.load import ReportError
+from d2r.reporting.paper_table import load_published, render
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`python -m d2r render`: videos of greedy episodes of a trained policy, one per task (d2r/render.py).
+"""`python -m d2r render`: videos of greedy episodes of a trained policy, one per task (d2r/video.py).
 
 The simulator is imported only after the rendering backend is chosen (MuJoCo reads MUJOCO_GL
 once), so the training code is imported inside `run`.
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from d2r.jobs.arguments import add_run_arguments
-from d2r.render import RenderError, choose_backend, render_task
-from d2r.seeding import RENDER_STREAM
+from d2r.video import RenderError, choose_backend, render_task
+from d2r.runtime.seeding import RENDER_STREAM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,16 +33,16 @@ def run(args) -> int:
 
     import torch
 
-    from d2r.build import make_run_envs
+    from d2r.sac.build import make_run_envs
     from d2r.config import load_params, render_config
-    from d2r.io import atomic_write_json
-    from d2r.policy import load_policy
+    from d2r.runtime.io import atomic_write_json
+    from d2r.sac.policy import load_policy
 
     params = load_params(args.params)
     params.run(args.experiment, args.method, args.seed)   # (an unknown method or seed: one line)
     cfg = render_config(params.raw, args.experiment, args.params)
     torch.set_num_threads(args.threads or 1)
-    policy = load_policy(args.run_dir, "cpu")   # the run's own network and envs (d2r.policy)
+    policy = load_policy(args.run_dir, "cpu")   # the run's own network and envs (d2r.sac.policy)
     exp = policy.run.experiment
     tasks = list(exp.tasks)
     envs = make_run_envs(policy.run, RENDER_STREAM, vector_strategy="sync")  # stepped one env at a time

@@ -1,14 +1,14 @@
 """`python -m d2r report`: one self-contained HTML report and a metrics JSON for one experiment.
 
 Reads files only, never training code: params.yaml and the experiment's results tree (the files
-are listed in d2r/report/load.py).
+are listed in d2r/reporting/load.py).
 
 Writes ``reports/{exp}.html``, ``metrics/{exp}.json`` and, with --curves, the learning curves as
 a small CSV for `dvc plots` (``reports/curves/{exp}.csv``); with --timing, the wall times
 (``reports/{exp}.timing.json``). Both depend on these files only, so a rebuild from the same
 results gives the same bytes: no timestamps, no random ids (every figure has a fixed div id),
 keys sorted, plotly.js inlined once in <head> so the page opens offline. The definitions and the
-files' layouts are in d2r/report/metrics.py.
+files' layouts are in d2r/reporting/metrics.py.
 
 A missing or broken results file, or a bad params.yaml, is one line on stderr and exit status 1;
 nothing is written then.
@@ -20,12 +20,12 @@ import argparse
 import sys
 
 from d2r.config import ParamsError
-from d2r.io import atomic_write_json, atomic_write_text
-from d2r.report.load import ReportError, load
-from d2r.report.metrics import compute_metrics, compute_timing, curves_csv
-from d2r.report.page import render
-from d2r.report.stats import StatsError
-from d2r.report.videos import load_videos
+from d2r.runtime.io import atomic_write_json, atomic_write_text
+from d2r.reporting.load import ReportError, load
+from d2r.reporting.metrics import compute_metrics, compute_timing, curves_csv
+from d2r.reporting.page import render
+from d2r.reporting.stats import StatsError
+from d2r.reporting.videos import load_videos
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,10 +25,10 @@ import sys
 from typing import Any
 
 from d2r.config import load_params
-from d2r.devices import device_record
+from d2r.runtime.devices import device_record
 from d2r.envs import make_task_envs
-from d2r.io import atomic_write_json
-from d2r.provenance import code_version, platform_info, versions
+from d2r.runtime.io import atomic_write_json
+from d2r.runtime.provenance import code_version, platform_info, versions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

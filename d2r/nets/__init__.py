@@ -11,7 +11,7 @@ __all__ = ["MultiTaskNet", "build_net", "parameter_count"]
 def build_net(kind: str, in_dim: int, out_dim: int, num_tasks: int, **net_args) -> MultiTaskNet:
     """A network of the given kind (`d2r`, `mtsac`, `mhsac`, `moe`, `softmod`) with its sizes."""
     if kind == "d2r":
-        from d2r.nets.d2r import D2RNet
+        from d2r.nets.d2r_net import D2RNet
 
         return D2RNet(in_dim, out_dim, num_tasks, **net_args)
     from d2r.nets import baselines

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from d2r.nets.base import MultiTaskNet, RouteMode
-from d2r.nets.d2r import D2RNet
+from d2r.nets.d2r_net import D2RNet
 
 
 def _apply_mlp(seq: nn.Sequential, v: torch.Tensor) -> torch.Tensor:

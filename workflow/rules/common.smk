@@ -1,11 +1,11 @@
-# Helpers shared by the rules: wildcard constraints, each job's outputs and inputs (d2r.pipeline,
+# Helpers shared by the rules: wildcard constraints, each job's outputs and inputs (d2r.pipeline.layout,
 # the one definition of the results layout) and whether what is already there is current
-# (d2r.records). PARAMS, the checked params.yaml, comes from the Snakefile.
+# (d2r.pipeline.records). PARAMS, the checked params.yaml, comes from the Snakefile.
 #
 # What re-runs what is decided from content, not from file times or Snakemake's .snakemake/
 # records (which a clone, a `dvc pull` or a DVC experiment's temporary workspace does not have):
 # every job writes a build record of its parameters, code, inputs and outputs, and before a job is
-# planned its record is compared with today's params.yaml, code and files (d2r.records.Freshness).
+# planned its record is compared with today's params.yaml, code and files (d2r.pipeline.records.Freshness).
 # An outdated job is forced (with one line saying why); a current one is left alone whatever the
 # file times say: every input is `ancient`, and profiles/default sets `rerun-triggers: mtime`, so
 # Snakemake's own records add nothing. A dry run (-n) shows that plan and changes no file.
@@ -14,10 +14,10 @@ from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
-from d2r.pipeline import PAPER, RUN_JOBS, Job
-from d2r.pipeline import inputs as pipeline_inputs
-from d2r.records import Freshness
-from d2r.sources import job_sources
+from d2r.pipeline.layout import PAPER, RUN_JOBS, Job
+from d2r.pipeline.layout import inputs as pipeline_inputs
+from d2r.pipeline.records import Freshness
+from d2r.pipeline.sources import job_sources
 
 # PARAMS: the checked params.yaml (Snakefile). The jobs read params.yaml themselves, so
 # `--config`/`--configfile` overrides would not reach them.
@@ -43,14 +43,14 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------------------------------------
-# The d2r files each job runs, found from the imports of d2r/jobs/<job>.py by d2r.sources:
+# The d2r files each job runs, found from the imports of d2r/jobs/<job>.py by d2r.pipeline.sources:
 # inputs of its rule, and in its build record.
 
 SOURCES = {job: job_sources(job) for job in ("setup", *RUN_JOBS, "report", PAPER)}
 
 
 # ---------------------------------------------------------------------------------------------
-# Outputs and inputs of each rule, from d2r.pipeline.
+# Outputs and inputs of each rule, from d2r.pipeline.layout.
 
 
 def job_of(name: str, wildcards) -> Job:
@@ -66,7 +66,7 @@ PATTERNS = SimpleNamespace(experiment="{experiment}", method="{method}", seed="{
 
 
 def job_outputs(name: str) -> dict:
-    """A rule's outputs: the job's files (d2r.pipeline) and its build record."""
+    """A rule's outputs: the job's files (d2r.pipeline.layout) and its build record."""
     job = job_of(name, PATTERNS)
     outputs = {**job.outputs(), "record": job.record}
     if name == "render":

@@ -11,7 +11,7 @@ import subprocess
 
 import yaml
 
-from d2r.pipeline import Job
+from d2r.pipeline.layout import Job
 
 
 def dvc_experiments() -> set[str]:

@@ -1,5 +1,5 @@
 # paper: the results table in the paper's shape (reports/paper.html): every experiment of
-# params.yaml that has metrics (metrics/E.json) beside published numbers (d2r/report/published.yaml).
+# params.yaml that has metrics (metrics/E.json) beside published numbers (d2r/reporting/published.yaml).
 #
 # It takes the metrics as they are, so asking for the table never trains or re-evaluates anything:
 # they are in its build record (rebuilt when one changes or appears) but not given to

@@ -1,7 +1,7 @@
 # render: videos of greedy episodes of the final policy, one per task, for each method's first
 # seed (params.yaml `render:`, per experiment `experiments.E.render:`), embedded in the report.
 # Its own env stream and process: no result changes. Off (render.enabled: false): no render jobs
-# (d2r.pipeline.video_jobs), and the report says videos are off. Needs a MuJoCo GL backend: EGL
+# (d2r.pipeline.layout.video_jobs), and the report says videos are off. Needs a MuJoCo GL backend: EGL
 # (a GPU) or OSMesa (apt-get install -y libosmesa6); without one the job stops with one line.
 
 

@@ -2,7 +2,7 @@
 # cluster settings from params.yaml; the rules name these functions in `threads:`/`resources:`).
 from snakemake.exceptions import WorkflowError
 
-from d2r.devices import gpu_present
+from d2r.runtime.devices import gpu_present
 
 # ---------------------------------------------------------------------------------------------
 # Devices, threads, GPU resource.
@@ -11,7 +11,7 @@ from d2r.devices import gpu_present
 # resources: gpu = 1 for a job that will use CUDA (device cuda, or auto on a machine with a GPU),
 # 0 otherwise (CPU-only machine or device cpu). The profile caps the sum at 1: one such job on
 # a GPU at a time. --resources gpu=S lets S runs hold a GPU at once; each job claims the least
-# used GPU of the machine itself (d2r.devices.claim_device), so S = M x (number of GPUs) runs M
+# used GPU of the machine itself (d2r.runtime.devices.claim_device), so S = M x (number of GPUs) runs M
 # on every GPU.
 # (On Slurm see below: gpu is then the preset's, and its scope is local (Snakefile), so the cap
 # does not hold back jobs that Slurm places on other nodes' GPUs.)

@@ -30,21 +30,21 @@ import torch
 from tqdm import tqdm
 
 from d2r import envs as mw
-from d2r.agent import NonFiniteError
-from d2r.build import build_agent, make_run_envs
-from d2r.checkpoint import checkpoint_files, load_latest_checkpoint, save_checkpoint, save_model
-from d2r.collect import Collector
+from d2r.sac.agent import NonFiniteError
+from d2r.sac.build import build_agent, make_run_envs
+from d2r.runtime.checkpoint import checkpoint_files, load_latest_checkpoint, save_checkpoint, save_model
+from d2r.sac.collect import Collector
 from d2r.config import RunConfig
-from d2r.devices import resolve_device
-from d2r.evaluate import evaluate_agent
-from d2r.io import CheckpointError, append_text, atomic_write_bytes, atomic_write_json, dump_json
-from d2r.live import LiveView
+from d2r.runtime.devices import resolve_device
+from d2r.sac.evaluation import evaluate_agent
+from d2r.runtime.io import CheckpointError, append_text, atomic_write_bytes, atomic_write_json, dump_json
+from d2r.runtime.live import LiveView
 from d2r.nets import parameter_count
-from d2r.provenance import code_version
-from d2r.records import code_digests
-from d2r.replay import TaskReplayBuffer
-from d2r.rundir import RunDir
-from d2r.seeding import EVAL_STREAM, TRAIN_STREAM, global_rng_state, restore_global_rng_state, seed_everything
+from d2r.runtime.provenance import code_version
+from d2r.pipeline.records import code_digests
+from d2r.sac.replay import TaskReplayBuffer
+from d2r.runtime.rundir import RunDir
+from d2r.runtime.seeding import EVAL_STREAM, TRAIN_STREAM, global_rng_state, restore_global_rng_state, seed_everything
 
 class JsonlLog:
     """A JSON-lines log kept in memory too: the checkpoints carry its records, and a resumed run

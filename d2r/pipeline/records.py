@@ -1,6 +1,6 @@
 """Build records: what each job's outputs were made from, and whether they still are current.
 
-Every pipeline job writes, after it succeeded, a record beside its outputs (d2r.pipeline: e.g.
+Every pipeline job writes, after it succeeded, a record beside its outputs (d2r.pipeline.layout: e.g.
 results/E/M/seedS/records/train.json): the parameters it depended on, a SHA-256 of each source
 file it runs, of each input file it read and of each output it wrote. Whether a result is current
 is then decided from content alone: a result is outdated when its record is missing or unreadable,
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from d2r.config import Params
-from d2r.io import atomic_write_json, dump_json
-from d2r.pipeline import PAPER, Job, input_files, job_params, upstream
-from d2r.sources import ROOT, job_sources
+from d2r.runtime.io import atomic_write_json, dump_json
+from d2r.pipeline.layout import PAPER, Job, input_files, job_params, upstream
+from d2r.pipeline.sources import ROOT, job_sources
 
 FORMAT = 1          # a record of another format is outdated: its job runs again
 
@@ -46,7 +46,7 @@ def file_digest(path: str | Path) -> str | None:
 
 
 def code_digests(job_name: str) -> dict[str, str | None]:
-    """Each d2r source file the job runs (d2r.sources) -> its SHA-256."""
+    """Each d2r source file the job runs (d2r.pipeline.sources) -> its SHA-256."""
     return {path: file_digest(ROOT / path) for path in job_sources(job_name)}
 
 
@@ -132,7 +132,7 @@ class Freshness:
         return self._verdicts[job]
 
     def _judge(self, job: Job) -> tuple[str | None, bool]:
-        # The paper table is of the metrics as they are (d2r.pipeline): whether their reports are
+        # The paper table is of the metrics as they are (d2r.pipeline.layout): whether their reports are
         # current is not its concern, only whether they are the files it read (below).
         before_jobs = [] if job.name == PAPER else upstream(job, self.params)
         for before in before_jobs:   # the root cause is said there

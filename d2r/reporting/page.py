@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from d2r.report import html, videos
-from d2r.report.figures import Figures
-from d2r.report.html import esc
-from d2r.report.load import Data
+from d2r.reporting import html, videos
+from d2r.reporting.figures import Figures
+from d2r.reporting.html import esc
+from d2r.reporting.load import Data
 
 
 def render(data: Data, metrics: dict[str, Any], timing: dict[str, Any]) -> str:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from d2r.agent import behaviour_action
-from d2r.rollout import run_episode
+from d2r.sac.agent import behaviour_action
+from d2r.sac.rollout import run_episode
 
 
 @dataclass

@@ -10,7 +10,7 @@ rollouts of a trained model, written to eval.json). Two protocols:
   500 steps, an episode ends at success, success if it did. Called as the library ships it.
 
 An actor is anything with `act_greedy(state, task) -> (action, route)`, `device` and `routed`
-that is an nn.Module (the training agent, or a loaded d2r.policy.Policy).
+that is an nn.Module (the training agent, or a loaded d2r.sac.policy.Policy).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from d2r.envs import STATE_DIM, full_name, make_metaworld_eval_envs
 from d2r.nets import routes as route_ops
-from d2r.rollout import run_episode
+from d2r.sac.rollout import run_episode
 
 
 def route_statistics(routes: torch.Tensor, num_modules: int) -> dict:

@@ -2,7 +2,7 @@
 
 Inputs are plain arrays of final success rates, ``scores[method]`` of shape [runs, tasks], and
 periodic-evaluation success, ``curves[method] = (env_steps [points], success [runs, tasks,
-points])``. Nothing here reads files or imports training code; `d2r.report.metrics` builds the
+points])``. Nothing here reads files or imports training code; `d2r.reporting.metrics` builds the
 arrays from the results, and the report shows what this module returns.
 
 What is computed (all intervals: 95%, percentile method, stratified bootstrap over runs, i.e.

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from d2r.replay import Batch
+from d2r.sac.replay import Batch
 
 
 class GraphedUpdate:

@@ -1,6 +1,6 @@
 """The report's plotly figures, each an HTML fragment with a fixed div id.
 
-Figures draw numbers they are given (d2r.report.metrics computes them; d2r.report.html passes
+Figures draw numbers they are given (d2r.reporting.metrics computes them; d2r.reporting.html passes
 them in): method and task names, per-seed values, means, curves. What is decided here is
 drawing only: colours, layout, where tied points and their labels go.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from d2r.report.metrics import Curve, DepthDifficulty, OverSeeds
+from d2r.reporting.metrics import Curve, DepthDifficulty, OverSeeds
 
 # A small fixed template: plotly's default template would be embedded (large) in every figure.
 TEMPLATE = {
@@ -319,7 +319,7 @@ def ablation(success: dict[str, OverSeeds], depth: dict[str, OverSeeds], colors:
 
 
 # ----------------------------------------------------------------------------------------------
-# The aggregate comparison (metrics/E.json "statistics", d2r.report.stats)
+# The aggregate comparison (metrics/E.json "statistics", d2r.reporting.stats)
 
 
 def _ci(point: float, low: float, high: float) -> dict:

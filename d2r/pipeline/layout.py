@@ -1,7 +1,7 @@
 """The pipeline's jobs, defined once: what each job reads, writes and depends on in params.yaml.
 
 The Snakemake rules take their outputs and inputs from here; each job writes a build record of
-what it was made from (d2r.records) with the same definitions, its parameters among them; and the
+what it was made from (d2r.pipeline.records) with the same definitions, its parameters among them; and the
 freshness check of every job Snakemake plans compares the two. No torch and no simulator (the Snakefile imports it).
 
     results/E/environment.json                setup      (record: results/E/records/setup.json)
@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from d2r import rundir
+from d2r.runtime import rundir
 from d2r.config import Params, render_config
 
 RESULTS = "results"
@@ -70,7 +70,7 @@ class Job:
 
     @property
     def record(self) -> str:
-        """The job's build record (d2r.records)."""
+        """The job's build record (d2r.pipeline.records)."""
         base = (self.run_dir if self.name in RUN_JOBS else RESULTS if self.name == PAPER
                 else f"{RESULTS}/{self.experiment}")
         return f"{base}/{RECORDS}/{self.name}.json"
@@ -167,7 +167,7 @@ def job_params(job: Job, params: Params) -> dict[str, Any]:
     if job.name == "render":
         return dataclasses.asdict(render_config(params.raw, job.experiment))
     if job.name == PAPER:
-        return {}        # it reads the metrics files only (and d2r/report/published.yaml, as its code)
+        return {}        # it reads the metrics files only (and d2r/reporting/published.yaml, as its code)
     raw = params.raw["experiments"][params.experiment(job.experiment).name]
     return {"experiment": raw, "methods": {m: params.raw["methods"][m] for m in raw["methods"]},
             "videos": render_config(params.raw, job.experiment).enabled}

@@ -10,7 +10,7 @@ The update runs in one of three modes (`sac.cuda_graphs`, resolve_cuda_graphs):
   the first failing update's number and what failed (network, parameter, tasks), and the trainer
   reads that record once per epoch (pop_fault); the D2R module stack runs its capturable variant;
 - graph (`on` on CUDA): the eager mode's update captured once as a CUDA graph and replayed
-  (d2r.cuda_graph), with capturable optimisers.
+  (d2r.sac.cuda_graph), with capturable optimisers.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 from d2r.config import MethodConfig, SACConfig
 from d2r.nets import build_net
 from d2r.nets.base import MultiTaskNet
-from d2r.replay import Batch
+from d2r.sac.replay import Batch
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -392,10 +392,10 @@ class MultiTaskSAC(nn.Module):
         """One multi-task SAC step (spec section 4), in `sac.update_order`. Returns detached diagnostics.
 
         In graph mode (cuda_graphs on, on CUDA) the step is the replay of a CUDA graph of _update
-        (d2r.cuda_graph.GraphedUpdate): the batch is copied into its static inputs."""
+        (d2r.sac.cuda_graph.GraphedUpdate): the batch is copied into its static inputs."""
         if self.update_mode == "graph":
             if self._graphed is None:
-                from d2r.cuda_graph import GraphedUpdate
+                from d2r.sac.cuda_graph import GraphedUpdate
 
                 self._graphed = GraphedUpdate(self._update)
             with torch.cuda.device(self.device):  # its streams and capture are the current device's

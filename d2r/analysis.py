@@ -28,8 +28,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from d2r.io import read_json, read_jsonl
-from d2r.rundir import RunDir
+from d2r.runtime.io import read_json, read_jsonl
+from d2r.runtime.rundir import RunDir
 
 
 class AnalyseError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from d2r import envs as mw
-from d2r.agent import MultiTaskSAC
+from d2r.sac.agent import MultiTaskSAC
 from d2r.config import RunConfig
 
 
@@ -14,7 +14,7 @@ def build_agent(run: RunConfig, device: torch.device) -> MultiTaskSAC:
 
 
 def make_run_envs(run: RunConfig, stream: int, vector_strategy: str | None = None):
-    """The run's task set as a vector env on env stream `stream` (d2r.seeding names them);
+    """The run's task set as a vector env on env stream `stream` (d2r.runtime.seeding names them);
     `vector_strategy` overrides params.yaml's (the render job steps its envs itself: sync)."""
     return mw.make_task_envs(list(run.experiment.tasks), run.seed, goal_mode=run.experiment.goal_mode,
                              max_episode_steps=run.env.max_episode_steps, reward_version=run.env.reward_version,

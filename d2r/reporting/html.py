@@ -1,7 +1,7 @@
 """The report's sections as HTML: tables, notes and the figures between them.
 
-Each section takes its numbers from d2r.report.metrics (or the metrics JSON it built) and its
-figures from d2r.report.figures; this module escapes and formats. Cells of `table` are HTML
+Each section takes its numbers from d2r.reporting.metrics (or the metrics JSON it built) and its
+figures from d2r.reporting.figures; this module escapes and formats. Cells of `table` are HTML
 already: callers escape what they put in.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from d2r.report import figures, metrics as mx   # mx: `metrics` names the metrics JSON data here
-from d2r.report.figures import Figures
-from d2r.report.load import Data
-from d2r.report.metrics import OverSeeds
+from d2r.reporting import figures, metrics as mx   # mx: `metrics` names the metrics JSON data here
+from d2r.reporting.figures import Figures
+from d2r.reporting.load import Data
+from d2r.reporting.metrics import OverSeeds
 
 # ----------------------------------------------------------------------------------------------
 # Building blocks
@@ -94,7 +94,7 @@ def code_versions(data: Data) -> str:
 
 #: below this many env steps per task, 0% success everywhere is expected (the paper trains 1M-1.5M)
 SMALL_BUDGET = 100_000
-#: the two protocols of the final evaluation (d2r/evaluate.py), as the page names them
+#: the two protocols of the final evaluation (d2r/sac/evaluation.py), as the page names them
 PAPER_LABEL = "the paper's protocol"
 METAWORLD_LABEL = "Meta-World's protocol (metaworld.evaluation)"
 

@@ -1,7 +1,7 @@
-"""Every number the report shows, computed from the loaded results (d2r.report.load.Data).
+"""Every number the report shows, computed from the loaded results (d2r.reporting.load.Data).
 
 The figures and the HTML only draw and format what these functions return. Plain Python (no
-numpy) except the arrays handed to d2r.report.stats, so the numbers are the same everywhere.
+numpy) except the arrays handed to d2r.reporting.stats, so the numbers are the same everywhere.
 
 Definitions used in the report (also printed in it):
 - final success of a run = eval.json ``mean_success`` (mean over tasks of the per-task success
@@ -31,7 +31,7 @@ metrics/{exp}.json (results only, so two runs with the same seed give the same b
                     "methods": {method: {"fraction", "low", "high"}}}, "sample_efficiency":
                     {method: {"env_steps", "iqm", "low", "high"}}, "warnings": [...]}}
 
-(d2r/report/stats.py: rliable's IQM, mean, probability of improvement and performance profiles
+(d2r/reporting/stats.py: rliable's IQM, mean, probability of improvement and performance profiles
 with 95% stratified bootstrap intervals over runs x tasks, seeded, so the same bytes every time.)
 
 reports/curves/{exp}.csv (--curves): ``method,task,env_steps,success,return`` with the mean over
@@ -51,8 +51,8 @@ from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
-from d2r.report import stats
-from d2r.report.load import Data, check_rate
+from d2r.reporting import stats
+from d2r.reporting.load import Data, check_rate
 
 # ----------------------------------------------------------------------------------------------
 # Over seeds
@@ -259,7 +259,7 @@ def ablation_deltas(data: Data) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Statistics over runs x tasks (d2r.report.stats)
+# Statistics over runs x tasks (d2r.reporting.stats)
 
 
 def score_array(data: Data, method: str) -> np.ndarray:
@@ -300,7 +300,7 @@ def baselines(data: Data) -> list[str]:
 
 
 def statistics(data: Data, reps: int = stats.REPS) -> dict[str, Any]:
-    """d2r.report.stats.compute over this experiment's runs (metrics/E.json "statistics")."""
+    """d2r.reporting.stats.compute over this experiment's runs (metrics/E.json "statistics")."""
     scores = {m: score_array(data, m) for m in data.methods}
     curves = {m: c for m in data.methods if (c := curve_array(data, m)) is not None}
     return stats.compute(scores, variants(data), baselines(data), curves, reps)
@@ -318,7 +318,7 @@ def method_aggregates(metrics: dict[str, Any], method: str) -> dict[str, float]:
 
 
 def experiment_setting(data: Data) -> dict[str, Any]:
-    """What the numbers are of (the paper table, d2r/report/paper.py, reads it from the metrics)."""
+    """What the numbers are of (the paper table, d2r/reporting/paper_table.py, reads it from the metrics)."""
     ts = data.environment["task_set"]
     first = data.runs[data.methods[0]][data.seeds[0]]
     return {"benchmark": ts["benchmark"], "goal_mode": ts["goal_mode"], "num_tasks": len(data.tasks),

@@ -10,7 +10,7 @@ typed from d2r.config, which needs none of them):
     results/{exp}/{method}/seed{s}/eval.json    final evaluation (greedy routes), both protocols
     results/{exp}/{method}/seed{s}/routes.json  routing analysis (analyse job)
     results/{exp}/{method}/seed{s}/videos/      rollout videos of the first seed (render job;
-                                                read by d2r.report.videos)
+                                                read by d2r.reporting.videos)
 
 A file that is missing or breaks the contract (tasks that differ from environment.json's, a
 success rate outside [0, 1]) raises ReportError naming the file.
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from d2r.config import ExperimentConfig, MethodConfig, ParamsError, RenderConfig, load_params, render_config
-from d2r import rundir
-from d2r.io import ResultFileError, read_json, read_jsonl
-from d2r.rundir import RunDir
+from d2r.runtime import rundir
+from d2r.runtime.io import ResultFileError, read_json, read_jsonl
+from d2r.runtime.rundir import RunDir
 
 
 class ReportError(ValueError):
@@ -49,7 +49,7 @@ class Data:
         self.runs = runs            # runs[method][seed] = {"run", "eval_log", "eval", "routes"}
         self.tasks = tasks
         self.render = render        # d2r.config.RenderConfig of the experiment
-        self.videos: dict[str, dict[str, Any]] | None = None   # method -> index.json (d2r.report.videos)
+        self.videos: dict[str, dict[str, Any]] | None = None   # method -> index.json (d2r.reporting.videos)
 
     def routed(self, method: str) -> bool:
         return all(self.runs[method][s]["routes"].get("routed", False) for s in self.seeds)

@@ -13,17 +13,17 @@ import ast
 from pathlib import Path
 
 PACKAGE = "d2r"
-ROOT = Path(__file__).resolve().parent.parent   # the checkout: paths are relative to it
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: paths are relative to it
 #: files a module reads as data (not imports)
-DATA = {"d2r.config": ["d2r/params.schema.yaml"], "d2r.report.paper": ["d2r/report/published.yaml"]}
+DATA = {"d2r.config": ["d2r/params.schema.yaml"], "d2r.reporting.paper_table": ["d2r/reporting/published.yaml"]}
 #: modules that write and check the jobs' build records (the CLI runs them around every job, and
 #: this one lists the code for them), not results: editing them re-runs no job, so they are not
 #: followed
-BOOKKEEPING = {"d2r.records", "d2r.pipeline", "d2r.sources"}
+BOOKKEEPING = {"d2r.pipeline", "d2r.pipeline.layout", "d2r.pipeline.records", "d2r.pipeline.sources"}
 
 
 def module_path(module: str, root: Path = ROOT) -> Path | None:
-    """d2r.nets.d2r -> d2r/nets/d2r.py (or a package's __init__.py); None when it is no d2r module."""
+    """d2r.nets.d2r_net -> d2r/nets/d2r_net.py (or a package's __init__.py); None when it is no d2r module."""
     base = root.joinpath(*module.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():

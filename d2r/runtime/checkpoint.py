@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from d2r.io import CheckpointError, atomic_write_bytes, atomic_write_json, read_json
+from d2r.runtime.io import CheckpointError, atomic_write_bytes, atomic_write_json, read_json
 
 KEEP = 2
 _NAME = re.compile(r"ckpt-(\d+)(?:\.(\d+))?\.pt")

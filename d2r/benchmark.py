@@ -30,10 +30,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.flop_counter import FlopCounterMode
 
 from d2r import envs as mw
-from d2r.agent import MultiTaskSAC
+from d2r.sac.agent import MultiTaskSAC
 from d2r.nets.mlp import mlp
 from d2r.nets.reference import PlainD2RNet
-from d2r.replay import TaskReplayBuffer
+from d2r.sac.replay import TaskReplayBuffer
 
 
 def _sync(device: torch.device) -> None:
@@ -226,7 +226,7 @@ def timed_alternately(fns, reps: int, device) -> list[np.ndarray]:
 
 
 def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool, vector_strategy: str = "sync") -> dict:
-    from d2r.train import Trainer
+    from d2r.sac.training import Trainer
 
     run = params.run("smoke", "d2r", 0)
     budget = dataclasses.replace(run.experiment.budget, epochs=epochs, warmup_epochs=1, min_replay=0,

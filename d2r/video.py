@@ -10,7 +10,7 @@ ffmpeg, yuv420p, so that browsers play it). Writes the directory ``--out``::
                                "width", "height", "frame_stride", "fps", "tasks": [...],
                                "videos": {task: {"file", "frames", "steps", "success", "return"}}}
 
-Results do not change: the episodes run on their own env stream (d2r.seeding.RENDER_STREAM; training
+Results do not change: the episodes run on their own env stream (d2r.runtime.seeding.RENDER_STREAM; training
 collects on 0, periodic evaluation on 1, the final evaluation on 2), in this job's own process,
 and nothing writes outside the job's ``--out``. Fixed goals do not depend on the stream, so a video
 shows the goal the policy was trained and evaluated on. The policy acts on the CPU (a video needs
@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from d2r.devices import gpu_present
+from d2r.runtime.devices import gpu_present
 
 #: Meta-World's corner cameras look at the table upside down; their images are turned by 180 deg.
 UPSIDE_DOWN = {"corner", "corner2", "corner3", "corner4"}

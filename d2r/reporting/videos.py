@@ -1,6 +1,6 @@
 """The report's rollout videos: the render job's MP4 files, base64-embedded in <video> tags.
 
-Reads ``{videos_dir}/index.json`` and the files it names (d2r/render.py writes them); the
+Reads ``{videos_dir}/index.json`` and the files it names (d2r/video.py writes them); the
 report stays one file. Videos play (muted, looped) while on screen and pause when scrolled away;
 the page's own check puts a video that cannot be decoded in the red error box.
 """
@@ -11,9 +11,9 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from d2r.io import ResultFileError, read_json
-from d2r.report.html import esc
-from d2r.report.load import ReportError
+from d2r.runtime.io import ResultFileError, read_json
+from d2r.reporting.html import esc
+from d2r.reporting.load import ReportError
 
 INDEX = "index.json"
 
@@ -85,7 +85,7 @@ def section(videos: dict[str, dict[str, Any]] | None, enabled: bool, methods: li
 
 # Plays each video while it is on screen (all of them where IntersectionObserver is missing),
 # marks a video data-played="yes" once its time has advanced, and reports decoding errors in the
-# page's error box (ERROR_HOOK in d2r/report/page.py).
+# page's error box (ERROR_HOOK in d2r/reporting/page.py).
 SCRIPT = """
 (function () {
   var vids = document.querySelectorAll("video.d2r-video");

@@ -1,0 +1,1 @@
+"""Run plumbing: devices, seeds and random states, files of a run, checkpoints, the live view, provenance."""
