@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from d2r.benchmark import use_plain_networks
-from d2r.sac.build import make_run_envs
 from d2r.config import load_params
-from d2r.sac.evaluation import evaluate_agent
 from d2r.nets.reference import PlainD2RNet
 from d2r.runtime.seeding import FINAL_EVAL_STREAM
+from d2r.sac.build import make_run_envs
+from d2r.sac.evaluation import evaluate_agent
 from d2r.sac.training import Trainer
 
 METRICS = ("eval_mean_return", "eval_mean_success", "eval_depth_mean", "last_loss_q", "last_loss_pi", "last_entropy")

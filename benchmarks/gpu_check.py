@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_measure as measure  # noqa: E402
 import gpu_runs as runs  # noqa: E402
+
 from d2r.config import load_params  # noqa: E402
 
 METHODS = ("d2r", "mtsac", "mhsac", "moe", "softmod")

@@ -30,9 +30,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.flop_counter import FlopCounterMode
 
 from d2r import envs as mw
-from d2r.sac.agent import MultiTaskSAC
 from d2r.nets.mlp import mlp
 from d2r.nets.reference import PlainD2RNet
+from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer
 
 

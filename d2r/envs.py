@@ -37,7 +37,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-
 from metaworld.env_dict import MT50_V3, MT50_V3_ARGS_KWARGS
 from metaworld.types import Task
 from metaworld.wrappers import OneHotWrapper

@@ -168,8 +168,8 @@ def write_synthetic_videos(results: Path, seed: int = SYNTH_SEEDS[0]) -> list[Pa
     square crossing a coloured background (no MuJoCo needed). Returns the video directories."""
     import numpy as np
 
-    from d2r.video import _writer
     from d2r.config import RenderConfig
+    from d2r.video import _writer
 
     cfg = RenderConfig(enabled=True, width=VIDEO_SIZE, height=VIDEO_SIZE, frame_stride=10, fps=8,
                        camera="corner2", shadows=False)

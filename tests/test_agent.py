@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from d2r.sac.agent import MultiTaskSAC
 from d2r.config import MethodConfig, SACConfig
+from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer
 
 SAC = SACConfig(gamma=0.99, tau=0.005, lr=3e-4, lr_alpha=1e-4, reward_scale=0.1, grad_clip=1.0,

@@ -10,11 +10,12 @@ import json
 
 import pytest
 import torch
-
-from d2r.sac.agent import MultiTaskSAC, NonFiniteError, resolve_cuda_graphs
-from d2r.config import MethodConfig
 from test_agent import SAC, d2r_method, filled_buffer, make_agent
 from test_reliability import nan_after_policy_step, nan_parameter  # the same faults as the default path's tests
+
+from d2r.config import MethodConfig
+from d2r.sac.agent import MultiTaskSAC, resolve_cuda_graphs
+from d2r.sac.nonfinite import NonFiniteError
 
 #: every way a tensor's value reaches Python
 HOST_READS = ("item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__", "__index__")
@@ -146,7 +147,7 @@ def test_device_side_checks_number_updates_from_the_last_read():
 
 
 def test_a_checkpoint_from_before_the_cuda_graphs_key_still_resumes():
-    from d2r.sac.training import _comparable
+    from d2r.sac.run_state import _comparable
 
     new = {"experiment": {"budget": {"epochs": 6}}, "sac": {"gamma": 0.99, "cuda_graphs": "auto"}}
     old = {"experiment": {"budget": {"epochs": 6}}, "sac": {"gamma": 0.99}}

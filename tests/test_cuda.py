@@ -10,11 +10,11 @@ import dataclasses
 
 import pytest
 import torch
+from test_agent import ACTION, SAC, STATE, TASKS, filled_buffer
+from test_capturable import CASES
 
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer
-from test_agent import ACTION, SAC, STATE, TASKS, filled_buffer
-from test_capturable import CASES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

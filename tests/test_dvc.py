@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 from test_pipeline import EXPERIMENT, METHODS, TARGET, TIMEOUT, _env, edit_params, planned, sh, snakemake, tiny_params
 

@@ -9,15 +9,15 @@ import random
 
 import pytest
 import torch
+from test_agent import filled_buffer, make_agent
+from test_train import tiny_params
 
 from d2r import envs as mw
-from d2r.runtime.checkpoint import load_latest_checkpoint, save_checkpoint
 from d2r.config import load_params
+from d2r.runtime.checkpoint import load_latest_checkpoint, save_checkpoint
 from d2r.runtime.io import CheckpointError
 from d2r.runtime.seeding import _numpy_state, _tuples
 from d2r.sac.training import Trainer
-from test_agent import filled_buffer, make_agent
-from test_train import tiny_params
 
 
 @pytest.fixture

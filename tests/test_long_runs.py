@@ -17,12 +17,12 @@ import subprocess
 import pytest
 import torch
 import yaml
+from test_train import tiny_params, train_cmd
 
 from d2r import cli
 from d2r.runtime import io as d2r_io
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.collect import Collector
-from test_train import tiny_params, train_cmd
 
 TIMING = ("wall_time", "sps")
 

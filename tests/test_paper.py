@@ -10,10 +10,10 @@ import shutil
 from html import unescape
 
 import pytest
-
 from conftest import REPO, run_d2r
-from d2r.runtime.io import read_json
+
 from d2r.reporting.paper_table import SETTINGS, load_published
+from d2r.runtime.io import read_json
 
 
 def _section(text: str, setting: str) -> str:
@@ -69,7 +69,7 @@ def test_every_published_number_is_shown_with_its_source(table):
     for setting in SETTINGS:
         section = unescape(_section(text, setting))
         rows = [r for r in data["results"] if r["setting"] == setting]
-        assert section.count(f'<a href="#ref-') == len(rows)
+        assert section.count('<a href="#ref-') == len(rows)
         for r in rows:
             name = r["method"] + (" \u2020" if r["second_hand"] else "")
             assert (f"<td>{name}</td><td>{100 * r['success']:.1f}%</td>" in section

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, mujoco_rendering
 
 pytestmark = pytest.mark.slow

@@ -17,10 +17,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from test_pipeline import (EXPERIMENT, METHODS, TARGET, TIMEOUT, _env, _ignore, edit_params, planned, sh, snakemake,
-                           tiny_params)
+from test_pipeline import (
+    EXPERIMENT,
+    METHODS,
+    TARGET,
+    TIMEOUT,
+    _env,
+    _ignore,
+    edit_params,
+    planned,
+    sh,
+    snakemake,
+    tiny_params,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,10 @@ import yaml
 from torch import nn
 
 import d2r
-from d2r.sac.build import make_run_envs
-from d2r.sac.evaluation import evaluate_agent, metaworld_evaluation
 from d2r.runtime.io import ResultFileError
 from d2r.runtime.seeding import EVAL_STREAM
+from d2r.sac.build import make_run_envs
+from d2r.sac.evaluation import evaluate_agent, metaworld_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["reach", "drawer-close"]

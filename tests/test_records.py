@@ -8,10 +8,10 @@ import json
 
 import pytest
 import yaml
-
 from conftest import REPO
-from d2r.pipeline import records
+
 from d2r.config import parse_params
+from d2r.pipeline import records
 from d2r.pipeline.layout import Job, experiment_jobs
 
 EXPERIMENT = "smoke"

@@ -40,13 +40,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_train import ROOT, tiny_params
 
 from d2r import cli
 from d2r.runtime import io as d2r_io
-from d2r.sac.agent import MultiTaskSAC
 from d2r.runtime.checkpoint import CheckpointError, load_checkpoint_file, load_latest_checkpoint, save_checkpoint
+from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer
-from test_train import ROOT, tiny_params
 
 EPOCHS = 3  # warm-up epoch 1, updates 1-3 in epoch 2 and 4-6 in epoch 3; a checkpoint every epoch
 TASKS = ["reach", "drawer-close"]

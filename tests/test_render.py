@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, mujoco_rendering, run_d2r
 
 EXPERIMENT, TASK, SIZE, STRIDE, STEPS = "vid", "reach", 64, 10, 50
@@ -33,10 +32,10 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     its configuration as run.json (what d2r.load_policy reads)."""
     import torch
 
-    from d2r.sac.build import build_agent
-    from d2r.runtime.checkpoint import save_model
     from d2r.config import load_params
+    from d2r.runtime.checkpoint import save_model
     from d2r.runtime.io import atomic_write_json
+    from d2r.sac.build import build_agent
 
     root = tmp_path_factory.mktemp("render")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())

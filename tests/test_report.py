@@ -6,9 +6,23 @@ import json
 import re
 
 import pytest
+from conftest import (
+    EPOCHS,
+    EVAL_EVERY,
+    EVAL_WALL,
+    EXPECTED,
+    MW_EPISODES,
+    N_MODULES,
+    STEPS,
+    SYNTH_EXPERIMENT,
+    SYNTH_METHODS,
+    SYNTH_SEEDS,
+    SYNTH_TASKS,
+    TRAIN_WALL,
+    VIDEO_SIZE,
+    run_d2r,
+)
 
-from conftest import (EPOCHS, EVAL_EVERY, EVAL_WALL, EXPECTED, MW_EPISODES, N_MODULES, STEPS, SYNTH_EXPERIMENT,
-                      SYNTH_METHODS, SYNTH_SEEDS, SYNTH_TASKS, TRAIN_WALL, VIDEO_SIZE, run_d2r)
 from d2r.runtime.io import read_json
 
 
@@ -224,7 +238,6 @@ def test_no_warning_box_when_runs_separate(tmp_path):
     import shutil
 
     import yaml
-
     from conftest import write_synthetic_results
 
     params, results = write_synthetic_results(tmp_path)

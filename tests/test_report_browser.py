@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import chromium_binary
 
 APT_TIMEOUT = 900

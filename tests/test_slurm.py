@@ -37,11 +37,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+from test_pipeline import EXPERIMENT, METHODS, TARGET, _env, _ignore, edit_params, tiny_params
+
 from d2r.config import DEFAULT_CLUSTER_RESOURCES, ParamsError, load_params, parse_params
 from d2r.pipeline.layout import Job, job_params
-from test_pipeline import EXPERIMENT, METHODS, TARGET, _env, _ignore, edit_params, tiny_params
 
 PACKAGES = ["slurm-wlm", "slurmdbd", "munge", "mariadb-server"]
 # program -> Debian package

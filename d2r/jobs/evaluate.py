@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from d2r.sac.build import make_run_envs
 from d2r.config import load_params
-from d2r.runtime.devices import claim_device
-from d2r.sac.evaluation import PAPER_PROTOCOL, evaluate_agent, metaworld_evaluation
-from d2r.runtime.io import atomic_write_json
 from d2r.jobs.arguments import add_run_arguments
-from d2r.sac.policy import load_policy
+from d2r.runtime.devices import claim_device
+from d2r.runtime.io import atomic_write_json
 from d2r.runtime.seeding import FINAL_EVAL_STREAM
+from d2r.sac.build import make_run_envs
+from d2r.sac.evaluation import PAPER_PROTOCOL, evaluate_agent, metaworld_evaluation
+from d2r.sac.policy import load_policy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

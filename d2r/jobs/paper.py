@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from d2r.config import ParamsError, load_params
-from d2r.runtime.io import ResultFileError, atomic_write_text, read_json
 from d2r.pipeline.layout import existing_reports
 from d2r.reporting.load import ReportError
 from d2r.reporting.paper_table import load_published, render
+from d2r.runtime.io import ResultFileError, atomic_write_text, read_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from d2r.jobs.arguments import add_run_arguments
-from d2r.video import RenderError, choose_backend, render_task
 from d2r.runtime.seeding import RENDER_STREAM
+from d2r.video import RenderError, choose_backend, render_task
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +33,9 @@ def run(args) -> int:
 
     import torch
 
-    from d2r.sac.build import make_run_envs
     from d2r.config import load_params, render_config
     from d2r.runtime.io import atomic_write_json
+    from d2r.sac.build import make_run_envs
     from d2r.sac.policy import load_policy
 
     params = load_params(args.params)

@@ -20,12 +20,12 @@ import argparse
 import sys
 
 from d2r.config import ParamsError
-from d2r.runtime.io import atomic_write_json, atomic_write_text
 from d2r.reporting.load import ReportError, load
 from d2r.reporting.metrics import compute_metrics, compute_timing, curves_csv
 from d2r.reporting.page import render
 from d2r.reporting.stats import StatsError
 from d2r.reporting.videos import load_videos
+from d2r.runtime.io import atomic_write_json, atomic_write_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

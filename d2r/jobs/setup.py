@@ -25,8 +25,8 @@ import sys
 from typing import Any
 
 from d2r.config import load_params
-from d2r.runtime.devices import device_record
 from d2r.envs import make_task_envs
+from d2r.runtime.devices import device_record
 from d2r.runtime.io import atomic_write_json
 from d2r.runtime.provenance import code_version, platform_info, versions
 

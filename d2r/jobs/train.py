@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
-from d2r.sac.agent import NonFiniteError
 from d2r.config import load_params
+from d2r.jobs.arguments import add_run_arguments
 from d2r.runtime.devices import claim_device
 from d2r.runtime.io import WriteError
-from d2r.jobs.arguments import add_run_arguments
-from d2r.sac.training import GracefulStop, Stopped, Trainer
+from d2r.runtime.signals import GracefulStop
+from d2r.sac.nonfinite import NonFiniteError
+from d2r.sac.run_state import Stopped
+from d2r.sac.training import Trainer
 
 EXIT_NONFINITE, EXIT_STOPPED = 3, 75
 

@@ -29,8 +29,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from d2r.runtime import rundir
 from d2r.config import Params, render_config
+from d2r.runtime import rundir
 
 RESULTS = "results"
 RECORDS = "records"          # each job's build record, beside its outputs (shared by DVC with them)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from d2r.config import Params
-from d2r.runtime.io import atomic_write_json, dump_json
 from d2r.pipeline.layout import PAPER, Job, input_files, job_params, upstream
 from d2r.pipeline.sources import ROOT, job_sources
+from d2r.runtime.io import atomic_write_json, dump_json
 
 FORMAT = 1          # a record of another format is outdated: its job runs again
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from d2r.reporting import figures, metrics as mx   # mx: `metrics` names the metrics JSON data here
+from d2r.reporting import figures  # mx: `metrics` names the metrics JSON data here
+from d2r.reporting import metrics as mx
 from d2r.reporting.figures import Figures
 from d2r.reporting.load import Data
 from d2r.reporting.metrics import OverSeeds

@@ -11,9 +11,9 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from d2r.runtime.io import ResultFileError, read_json
 from d2r.reporting.html import esc
 from d2r.reporting.load import ReportError
+from d2r.runtime.io import ResultFileError, read_json
 
 INDEX = "index.json"
 

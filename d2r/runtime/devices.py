@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, IO
+from typing import IO, Any
 
 from d2r.config import ParamsError
 

@@ -101,3 +101,21 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError:
                 return
+
+
+class JsonlLog:
+    """A JSON-lines log kept in memory too: the checkpoints carry its records, and a resumed run
+    rewrites the file from them (whatever became of the file)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: list[dict] = []
+
+    def restore(self, records: list[dict]) -> None:
+        """Start from `records` (those of the checkpoint resumed from): the file is rewritten."""
+        self.records = list(records)
+        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records).encode())
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        append_text(self.path, json.dumps(record, sort_keys=True) + "\n")

@@ -2,13 +2,13 @@
 
 The agent works with any d2r.nets.MultiTaskNet; routing arguments are simply ignored by
 networks that do not route. All tensors of an update stay on the agent's device.
+`MultiTaskSAC._update` is the update, top to bottom; the loss terms follow it.
 
 The update runs in one of three modes (`sac.cuda_graphs`, resolve_cuda_graphs):
-- off: as written, with two host reads per update (the NaN/Inf checks), which raise
-  NonFiniteError in the update that fails;
-- eager (`on` on a CPU): the same update without any host read: each check records on the device
-  the first failing update's number and what failed (network, parameter, tasks), and the trainer
-  reads that record once per epoch (pop_fault); the D2R module stack runs its capturable variant;
+- off: as written, with two host reads per update (the NaN/Inf checks, d2r.sac.nonfinite), which
+  raise NonFiniteError in the update that fails;
+- eager (`on` on a CPU): the same update without any host read: its checks are recorded on the
+  device and read once per epoch (pop_fault); the D2R module stack runs its capturable variant;
 - graph (`on` on CUDA): the eager mode's update captured once as a CUDA graph and replayed
   (d2r.sac.cuda_graph), with capturable optimisers.
 """
@@ -26,6 +26,7 @@ from torch import nn
 from d2r.config import MethodConfig, SACConfig
 from d2r.nets import build_net
 from d2r.nets.base import MultiTaskNet
+from d2r.sac.nonfinite import NonFiniteError, UpdateChecks
 from d2r.sac.replay import Batch
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -46,28 +47,6 @@ def resolve_cuda_graphs(setting: str, device: torch.device | str) -> str:
     return "graph" if device.type == "cuda" else "eager"
 
 
-class NonFiniteError(FloatingPointError):
-    """A NaN or Inf found in an update: the quantity, the network and, where known, the tasks (indices)."""
-
-    def __init__(self, quantity: str, network: str, tasks=(), detail: str = "", during_update: bool = True,
-                 update: int | None = None):
-        self.quantity, self.network, self.tasks, self.detail = quantity, network, tuple(tasks), detail
-        self.during_update = during_update
-        #: found after the fact (checks kept on the device): the failing update's number, counted
-        #: from the first update after the record was last read (MultiTaskSAC.pop_fault)
-        self.update = update
-        super().__init__(self.describe())
-
-    def describe(self, task_names=None) -> str:
-        text = f"non-finite {self.quantity} in {self.network}"
-        if self.detail:
-            text += f" ({self.detail})"
-        if self.tasks:
-            names = ", ".join(repr(task_names[t]) if task_names else str(t) for t in self.tasks)
-            text += f" from task{'s' if len(self.tasks) > 1 else ''} {names}"
-        return text
-
-
 @contextmanager
 def _frozen(*nets: nn.Module):
     """Parameters of `nets` not requiring grad inside the block (autograd records that at forward)."""
@@ -79,11 +58,6 @@ def _frozen(*nets: nn.Module):
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-def _all_finite(values) -> bool:
-    """One fused check of 0-dim norms and losses: a single host synchronisation."""
-    return bool(torch.isfinite(torch.stack(values)).all())
 
 
 @torch.no_grad()
@@ -163,20 +137,15 @@ class MultiTaskSAC(nn.Module):
         self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=sac.lr, **adam)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=sac.lr_alpha, **adam)
         self.refresh_temperature()
-        # Per task, updates whose losses dropped the task: [non-finite, over the threshold]. Not
-        # state: the trainer reads and clears it every epoch (pop_skipped), before checkpointing.
-        self._skipped = torch.zeros(2, num_tasks, dtype=torch.long, device=self.device)
-        self._trained = [*self.policy.parameters(), *self.q1.parameters(), *self.q2.parameters(), self.log_alpha]
-        # Checks kept on the device (eager and graph modes; read and cleared by pop_fault): updates
-        # since the last read, and the first fault among them: [its update (1-based, 0 = none),
-        # its check site, its index in that site's list of what _fault would name], and its tasks.
-        self._update_count = torch.zeros((), dtype=torch.long, device=self.device)
-        self._fault_record = torch.zeros(3, dtype=torch.long, device=self.device)
-        self._fault_tasks = torch.zeros(num_tasks, dtype=torch.bool, device=self.device)
-        self._fault_sites: dict[tuple, int] = {}  # a check site's list of faults -> its number (in order)
-        self._checked = [(group, name, p) for group, params in
-                         self._named("policy", "q1", "q2", "q1_target", "q2_target", "alpha").items()
-                         for name, p in params]
+        #: per task, updates whose losses dropped the task: [non-finite, over the threshold]. Not
+        #: state: the trainer reads and clears it every epoch (pop_skipped), before checkpointing.
+        self.skipped = torch.zeros(2, num_tasks, dtype=torch.long, device=self.device)
+        networks = {"policy": self.policy, "q1": self.q1, "q2": self.q2, "q1_target": self.q1_target,
+                    "q2_target": self.q2_target}
+        params = {name: [(f"{name}.{k}", p) for k, p in net.named_parameters()] for name, net in networks.items()}
+        params["alpha"] = [("log_alpha", self.log_alpha)]
+        trained = [*self.policy.parameters(), *self.q1.parameters(), *self.q2.parameters(), self.log_alpha]
+        self.checks = UpdateChecks(params, trained, num_tasks, self.device, deferred=self.deferred_checks)
         self._graphed = None  # the CUDA graph of the update (graph mode), made at the first update
 
     @property
@@ -206,131 +175,82 @@ class MultiTaskSAC(nn.Module):
     def act_greedy(self, state: torch.Tensor, task: torch.Tensor):
         return self.policy.greedy(state, task)
 
-    # ---- update -------------------------------------------------------------------------
-    def _per_task(self, values: torch.Tensor) -> torch.Tensor:
-        """[T * b] per-sample values -> [T] per-task means (batches are task-major)."""
-        return values.view(self.num_tasks, -1).mean(dim=1)
+    # ---- the update ---------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One multi-task SAC step (spec section 4), in `sac.update_order`. Returns detached diagnostics.
 
-    def _masked_mean(self, terms: dict[str, torch.Tensor], data_ok: torch.Tensor):
-        """Mean over tasks of L_tau = the sum of `terms` ([T] per-task losses, already weighted),
-        dropping a task from all of them when its L_tau exceeds the threshold or is not finite, or
-        when its sampled transitions were not finite (`data_ok` [T] False), as the release's
-        extreme-task mask: (loss, keep [T] bool, finite [T] bool).
+        In graph mode (cuda_graphs on, on CUDA) the step is the replay of a CUDA graph of _update
+        (d2r.sac.cuda_graph.GraphedUpdate): the batch is copied into its static inputs."""
+        if self.update_mode == "graph":
+            if self._graphed is None:
+                from d2r.sac.cuda_graph import GraphedUpdate
 
-        A dropped task contributes exactly zero to the loss and to every gradient (torch.where, not
-        a product with the mask, so a NaN of a dropped task does not leak).
-        """
-        total = sum(terms.values())
-        raw = total.detach()
-        finite = torch.isfinite(raw) & data_ok
-        keep = finite & (raw <= self.sac.loss_mask_threshold)
-        return torch.where(keep, total, 0.0).mean(), keep, finite
+                self._graphed = GraphedUpdate(self._update)
+            with torch.cuda.device(self.device):  # its streams and capture are the current device's
+                return self._graphed(batch)
+        return self._update(batch)
 
-    def _finite_batch(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
-        """Zero the non-finite values of a sampled batch; [T] flags: all of the task's samples were finite.
-
-        A task with a NaN/Inf transition is dropped from this update's losses like an extreme task
-        (zeroing keeps its forward pass finite, so its zero gradient stays zero). Finite values pass
-        through unchanged.
-        """
-        ok = torch.ones_like(batch.reward, dtype=torch.bool)
-        clean = {}
-        for name in ("state", "action", "reward", "next_state"):
-            value = getattr(batch, name)
-            finite = torch.isfinite(value)
-            clean[name] = torch.where(finite, value, 0.0)
-            ok &= finite if finite.dim() == 1 else finite.all(dim=-1)
-        return dataclasses.replace(batch, **clean), ok.view(self.num_tasks, -1).all(dim=1)
-
-    def _fault(self, norms: dict[str, torch.Tensor], terms: dict[str, torch.Tensor],
-               keep: torch.Tensor | None = None) -> NonFiniteError:
-        """Name what went non-finite (slow path, only after a failed check): a parameter first (the
-        cause), then a loss of the kept tasks, then a gradient, with the tasks whose own loss term
-        was not finite. `terms`: [T] per-task losses under the name of the group they train."""
-        for name, params in self._named("policy", "q1", "q2", "q1_target", "q2_target", "alpha").items():
-            for pname, p in params:
-                if not torch.isfinite(p).all():
-                    return NonFiniteError("parameter", name, detail=pname)
-        for name, per_task in terms.items():
-            if keep is not None and not torch.isfinite(torch.where(keep, per_task, 0.0)).all():
-                return NonFiniteError("loss", name)
-        for name, norm in norms.items():
-            if not torch.isfinite(norm):
-                per_task = terms.get(name)
-                tasks = [] if per_task is None else torch.nonzero(~torch.isfinite(per_task)).flatten().tolist()
-                return NonFiniteError("gradient", name, tasks)
-        return NonFiniteError("value", "/".join(norms) or "update")
-
-    def _named(self, *names: str) -> dict[str, list]:
-        groups = {"policy": self.policy, "q1": self.q1, "q2": self.q2, "q1_target": self.q1_target,
-                  "q2_target": self.q2_target}
-        out = {n: [(f"{n}.{k}", p) for k, p in groups[n].named_parameters()] for n in names if n in groups}
-        if "alpha" in names:
-            out["alpha"] = [("log_alpha", self.log_alpha)]
-        return out
-
-    def _note_fault(self, norms: dict[str, torch.Tensor], terms: dict[str, torch.Tensor],
-                    loss: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> None:
-        """_check and _fault on the device, without a host read: when this check fails and no
-        earlier update has failed since the last pop_fault, record this update's number and what
-        _fault would name (the same order: a parameter, then a loss of the kept tasks, then a
-        gradient with the tasks whose own term was not finite, else the value).
-
-        Before a step (`loss` given) the check fails on a non-finite gradient norm or loss; after
-        the steps (no `loss`) on a non-finite parameter."""
-        # p * 0 is NaN exactly where p is NaN or Inf, and so is its norm (a norm of p could overflow)
-        zeros = torch._foreach_mul([p.detach() for *_, p in self._checked], 0.0)
-        param_bad = ~torch.isfinite(torch.stack(torch._foreach_norm(zeros)))
-        faults = [("parameter", group, name) for group, name, _ in self._checked]
-        no_tasks = torch.zeros_like(self._fault_tasks)
-        if loss is None:
-            failed, flags, tasks = param_bad.any(), param_bad, no_tasks
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.checks.begin_update()
+        batch, data_ok = self._finite_batch(batch)
+        alpha = self.log_alpha.exp().detach()[batch.task]          # [B]
+        if self.sac.update_order == "joint":
+            # The release: every loss from the parameters before the step, one backward, then every
+            # optimiser steps (the Qs' weights get no gradient from J_pi: they are frozen there).
+            terms = self._critic_terms(batch, alpha)
+            actor_terms, log_prob = self._actor_terms(batch, alpha)
+            terms.update(actor_terms)
+            loss, keep, finite = self._masked_mean(terms, data_ok)
+            self._step(loss, terms, keep, ("policy", "q1", "q2", "alpha"))
         else:
-            failed = ~torch.isfinite(torch.stack([*norms.values(), loss])).all()
-            loss_bad = [~torch.isfinite(torch.where(keep, v, 0.0)).all() for v in terms.values()]
-            grad_bad = [~torch.isfinite(norm) for norm in norms.values()]
-            flags = torch.cat([param_bad, torch.stack([*loss_bad, *grad_bad, failed])])  # "value": the rest
-            faults += [("loss", name, "") for name in terms] + [("gradient", name, "") for name in norms]
-            faults.append(("value", "/".join(norms) or "update", ""))
-        which = flags.to(torch.int32).argmax()  # the first True (argmax gives the first maximum)
-        if loss is not None:
-            first_gradient = len(self._checked) + len(terms)
-            grad_tasks = torch.stack([~torch.isfinite(terms[name]) if name in terms else no_tasks for name in norms])
-            row = (which - first_gradient).clamp(0, len(norms) - 1).view(1)
-            tasks = grad_tasks.index_select(0, row)[0]  # used when the fault is a gradient's
-        site = self._fault_sites.setdefault(tuple(faults), len(self._fault_sites))
-        new = failed & (self._fault_record[0] == 0)
-        entry = torch.stack([self._update_count, torch.full_like(which, site, dtype=torch.long), which.long()])
-        self._fault_record.copy_(torch.where(new, entry, self._fault_record))
-        self._fault_tasks.copy_(torch.where(new, tasks, self._fault_tasks))
+            terms, log_prob, keep, finite = self._sequential_steps(batch, alpha, data_ok)
+        with torch.no_grad():
+            self.log_alpha.clamp_(max=0.0)
+            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):  # Polyak
+                torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), self.sac.tau)
+        self.refresh_temperature()
+        self.checks.after_step()
+        with torch.no_grad():
+            self.skipped += torch.stack([~finite, finite & ~keep])
+            kept = {name: torch.where(keep, value.detach(), 0.0).mean() for name, value in terms.items()}
+        return {
+            "loss_q": (kept["q1"] + kept["q2"]) / 2,
+            "loss_pi": kept["policy"],
+            "loss_alpha": kept["alpha"],
+            "masked_tasks": (~keep).sum(),
+            "entropy": -log_prob.detach().mean(),
+        }
 
-    def pop_fault(self) -> NonFiniteError | None:
-        """The first fault the device-side checks recorded since the last call (one host read),
-        with `update` its number among the updates since then; the record and count are cleared.
-        None when there was none, and always in the off mode (its checks raise at once)."""
-        if not self.deferred_checks:
-            return None
-        at, site, which = self._fault_record.tolist()
-        tasks = torch.nonzero(self._fault_tasks).flatten().tolist()
-        self._fault_record.zero_()
-        self._fault_tasks.zero_()
-        self._update_count.zero_()
-        if not at:
-            return None
-        quantity, network, detail = list(self._fault_sites)[site][which]
-        return NonFiniteError(quantity, network, tasks if quantity == "gradient" else (), detail, update=at)
+    def _step(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], keep: torch.Tensor,
+              groups: tuple[str, ...]) -> None:
+        """Backward of `loss`, each group's gradient clipped to norm grad_clip, checked, stepped."""
+        optim_of = {"policy": self.policy_optim, "q1": self.q_optim, "q2": self.q_optim, "alpha": self.alpha_optim}
+        optims = [o for o in (self.q_optim, self.policy_optim, self.alpha_optim) if o in map(optim_of.get, groups)]
+        for optim in optims:
+            optim.zero_grad(set_to_none=True)
+        loss.backward()
+        params = {"policy": self.policy.parameters, "q1": self.q1.parameters, "q2": self.q2.parameters,
+                  "alpha": lambda: [self.log_alpha]}
+        # The norms before clipping double as the gradient check: a NaN/Inf anywhere makes one non-finite.
+        norms = {g: nn.utils.clip_grad_norm_(params[g](), self.sac.grad_clip) for g in groups}
+        self.checks.before_step(norms, terms, loss, keep)
+        for optim in optims:
+            optim.step()
 
-    def pop_skipped(self) -> dict[str, list[int]]:
-        """Per task, updates since the last call whose losses dropped it (one host sync); then cleared."""
-        counts = self._skipped.tolist()
-        self._skipped.zero_()
-        return {"nonfinite": counts[0], "over_threshold": counts[1]}
+    def _sequential_steps(self, batch: Batch, alpha: torch.Tensor, data_ok: torch.Tensor):
+        """`update_order: sequential`: the critics step first; then the actor and alpha, through the
+        updated critics. Each phase drops a task whose own summed terms (J_Q1 + J_Q2, then J_pi +
+        J_alpha) are over the threshold."""
+        terms = self._critic_terms(batch, alpha)
+        loss_q, keep, finite = self._masked_mean(terms, data_ok)
+        self._step(loss_q, terms, keep, ("q1", "q2"))
+        actor_terms, log_prob = self._actor_terms(batch, alpha)
+        loss_pi, keep_pi, finite_pi = self._masked_mean(actor_terms, data_ok)
+        self._step(loss_pi, actor_terms, keep_pi, ("policy", "alpha"))
+        return {**terms, **actor_terms}, log_prob, keep & keep_pi, finite & finite_pi
 
-    # The terms of spec section 4, per task ([T]); J_pi and J_Q weighted by w_tau where the
-    # method weights task losses, J_alpha never (as the release).
-    def _loss_weights(self) -> torch.Tensor:
-        return self.task_weights() if self.method.task_loss_weights else torch.ones(self.num_tasks, device=self.device)
-
+    # ---- the loss terms of spec section 4, per task ([T]) -------------------------------
+    # J_pi and J_Q weighted by w_tau where the method weights task losses, J_alpha never (as the release).
     def _critic_terms(self, batch: Batch, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
         """J_Q1, J_Q2: each Q on a route sampled with T_tau (ResRouting where the method has it)
         against y = r + gamma (1 - d) (min Qbar(s', a'; greedy) - alpha log pi(a'|s'; greedy))."""
@@ -372,96 +292,54 @@ class MultiTaskSAC(nn.Module):
     def _resrouting(self) -> bool:
         return self.routed and self.method.resrouting
 
-    def _clipped_norms(self, *groups: str) -> dict[str, torch.Tensor]:
-        """Clip each group's gradient to norm grad_clip; the norms before clipping. They double as
-        the gradient check: a NaN/Inf anywhere makes the norm non-finite."""
-        params = {"policy": self.policy.parameters, "q1": self.q1.parameters, "q2": self.q2.parameters,
-                  "alpha": lambda: [self.log_alpha]}
-        return {g: nn.utils.clip_grad_norm_(params[g](), self.sac.grad_clip) for g in groups}
+    def _loss_weights(self) -> torch.Tensor:
+        return self.task_weights() if self.method.task_loss_weights else torch.ones(self.num_tasks, device=self.device)
 
-    def _check(self, norms: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], loss: torch.Tensor,
-               keep: torch.Tensor) -> None:
-        """No step on a bad gradient or loss: one host synchronisation. With deferred checks, no
-        host read: the fault is recorded on the device (the step is taken; the epoch is dropped)."""
-        if self.deferred_checks:
-            self._note_fault(norms, {k: v.detach() for k, v in terms.items()}, loss.detach(), keep)
-        elif not _all_finite([*norms.values(), loss.detach()]):
-            raise self._fault(norms, {k: v.detach() for k, v in terms.items()}, keep)
+    def _per_task(self, values: torch.Tensor) -> torch.Tensor:
+        """[T * b] per-sample values -> [T] per-task means (batches are task-major)."""
+        return values.view(self.num_tasks, -1).mean(dim=1)
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One multi-task SAC step (spec section 4), in `sac.update_order`. Returns detached diagnostics.
+    def _masked_mean(self, terms: dict[str, torch.Tensor], data_ok: torch.Tensor):
+        """Mean over tasks of L_tau = the sum of `terms` ([T] per-task losses, already weighted),
+        dropping a task from all of them when its L_tau exceeds the threshold or is not finite, or
+        when its sampled transitions were not finite (`data_ok` [T] False), as the release's
+        extreme-task mask: (loss, keep [T] bool, finite [T] bool).
 
-        In graph mode (cuda_graphs on, on CUDA) the step is the replay of a CUDA graph of _update
-        (d2r.sac.cuda_graph.GraphedUpdate): the batch is copied into its static inputs."""
-        if self.update_mode == "graph":
-            if self._graphed is None:
-                from d2r.sac.cuda_graph import GraphedUpdate
+        A dropped task contributes exactly zero to the loss and to every gradient (torch.where, not
+        a product with the mask, so a NaN of a dropped task does not leak).
+        """
+        total = sum(terms.values())
+        raw = total.detach()
+        finite = torch.isfinite(raw) & data_ok
+        keep = finite & (raw <= self.sac.loss_mask_threshold)
+        return torch.where(keep, total, 0.0).mean(), keep, finite
 
-                self._graphed = GraphedUpdate(self._update)
-            with torch.cuda.device(self.device):  # its streams and capture are the current device's
-                return self._graphed(batch)
-        return self._update(batch)
+    def _finite_batch(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
+        """Zero the non-finite values of a sampled batch; [T] flags: all of the task's samples were finite.
 
-    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        if self.deferred_checks:
-            self._update_count += 1
-        batch, data_ok = self._finite_batch(batch)
-        alpha = self.log_alpha.exp().detach()[batch.task]          # [B]
-        optims = (self.q_optim, self.policy_optim, self.alpha_optim)
-        if self.sac.update_order == "joint":
-            # The release: every loss from the parameters before the step, one backward, then every
-            # optimiser steps (the Qs' weights get no gradient from J_pi: they are frozen there).
-            terms = self._critic_terms(batch, alpha)
-            actor_terms, log_prob = self._actor_terms(batch, alpha)
-            terms.update(actor_terms)
-            loss, keep, finite = self._masked_mean(terms, data_ok)
-            for optim in optims:
-                optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self._check(self._clipped_norms("policy", "q1", "q2", "alpha"), terms, loss, keep)
-            for optim in optims:
-                optim.step()
-        else:
-            # Critic first; then the actor and alpha through the updated critics. Each phase drops a
-            # task whose own summed terms (J_Q1 + J_Q2, then J_pi + J_alpha) are over the threshold.
-            terms = self._critic_terms(batch, alpha)
-            loss_q, keep, finite = self._masked_mean(terms, data_ok)
-            self.q_optim.zero_grad(set_to_none=True)
-            loss_q.backward()
-            self._check(self._clipped_norms("q1", "q2"), terms, loss_q, keep)
-            self.q_optim.step()
-            actor_terms, log_prob = self._actor_terms(batch, alpha)
-            loss_pi, keep_pi, finite_pi = self._masked_mean(actor_terms, data_ok)
-            self.policy_optim.zero_grad(set_to_none=True)
-            self.alpha_optim.zero_grad(set_to_none=True)
-            loss_pi.backward()
-            self._check(self._clipped_norms("policy", "alpha"), actor_terms, loss_pi, keep_pi)
-            self.policy_optim.step()
-            self.alpha_optim.step()
-            terms.update(actor_terms)
-            keep, finite = keep & keep_pi, finite & finite_pi
+        A task with a NaN/Inf transition is dropped from this update's losses like an extreme task
+        (zeroing keeps its forward pass finite, so its zero gradient stays zero). Finite values pass
+        through unchanged.
+        """
+        ok = torch.ones_like(batch.reward, dtype=torch.bool)
+        clean = {}
+        for name in ("state", "action", "reward", "next_state"):
+            value = getattr(batch, name)
+            finite = torch.isfinite(value)
+            clean[name] = torch.where(finite, value, 0.0)
+            ok &= finite if finite.dim() == 1 else finite.all(dim=-1)
+        return dataclasses.replace(batch, **clean), ok.view(self.num_tasks, -1).all(dim=1)
 
-        with torch.no_grad():
-            self.log_alpha.clamp_(max=0.0)
-            for net, target_net in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-                torch._foreach_lerp_(list(target_net.parameters()), list(net.parameters()), self.sac.tau)
-        self.refresh_temperature()
-        # Parameters after the steps: one fused norm per trained tensor (a NaN/Inf makes it non-finite),
-        # one host sync; or the same check on the device.
-        if self.deferred_checks:
-            self._note_fault({}, {})
-        elif not _all_finite(torch._foreach_norm(self._trained)):
-            raise self._fault({}, {})
-        with torch.no_grad():
-            self._skipped += torch.stack([~finite, finite & ~keep])
-            kept = {name: torch.where(keep, value.detach(), 0.0).mean() for name, value in terms.items()}
-        return {
-            "loss_q": (kept["q1"] + kept["q2"]) / 2,
-            "loss_pi": kept["policy"],
-            "loss_alpha": kept["alpha"],
-            "masked_tasks": (~keep).sum(),
-            "entropy": -log_prob.detach().mean(),
-        }
+    # ---- what the trainer reads once per epoch ------------------------------------------
+    def pop_fault(self) -> NonFiniteError | None:
+        """The first fault the deferred checks recorded since the last call (d2r.sac.nonfinite)."""
+        return self.checks.pop()
+
+    def pop_skipped(self) -> dict[str, list[int]]:
+        """Per task, updates since the last call whose losses dropped it (one host sync); then cleared."""
+        counts = self.skipped.tolist()
+        self.skipped.zero_()
+        return {"nonfinite": counts[0], "over_threshold": counts[1]}
 
     # ---- state --------------------------------------------------------------------------
     def optimizer_state(self) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from d2r import envs as mw
-from d2r.sac.agent import MultiTaskSAC
 from d2r.config import RunConfig
+from d2r.sac.agent import MultiTaskSAC
 
 
 def build_agent(run: RunConfig, device: torch.device) -> MultiTaskSAC:

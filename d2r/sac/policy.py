@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from d2r.sac.agent import TanhGaussianPolicy
-from d2r.runtime.checkpoint import load_checkpoint_file
 from d2r.config import RunConfig, run_from_dict
-from d2r.runtime.io import ResultFileError, read_json
 from d2r.nets import build_net
+from d2r.runtime.checkpoint import load_checkpoint_file
+from d2r.runtime.io import ResultFileError, read_json
 from d2r.runtime.rundir import RunDir
+from d2r.sac.agent import TanhGaussianPolicy
 from d2r.tasks import ACTION_DIM, STATE_DIM, short_name
 
 POLICY_PREFIX = "policy."     # the policy's weights in model.pt (the whole agent's state dict)

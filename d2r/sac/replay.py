@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
 ROUTE_DTYPE = torch.int8  # module indices < 128 (the schema caps num_modules at 127), -1 = padding
 
 

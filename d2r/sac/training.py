@@ -1,28 +1,17 @@
 """Training: epochs of collection (one episode per task) then updates (spec section 5); the
-`train` job (d2r/jobs/train.py) runs it.
+`train` job (d2r/jobs/train.py) runs it. What a checkpoint holds and how a run resumes:
+d2r.sac.run_state.
 
-Resumable: a checkpoint is written every `checkpoint_every` epochs at an epoch boundary,
-holding the agent, optimisers, replay buffer, step counters, every random state (python,
-numpy, torch, the buffer's generator, the envs') and every log line so far. Re-running the same
-command continues from the newest intact checkpoint and rewrites train_log.jsonl and
-eval_log.jsonl from it, so the logs read as one run even when they were deleted (as Snakemake
-deletes a failed job's outputs).
-
-Graceful stop: on SIGTERM or SIGINT (Slurm's time limit, `kill`, Ctrl-C) the update in progress
+Graceful stop: on SIGTERM or SIGINT (d2r.runtime.signals.GracefulStop) the update in progress
 finishes, a checkpoint of the exact position (mid-epoch included) is written, one line says so,
 and Trainer.train raises Stopped (the job then exits with status 75, EX_TEMPFAIL: run it again
-to continue). A second signal stops at once. Raising `epochs` of a finished run continues it from its last checkpoint.
+to continue).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import shutil
-import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,101 +19,24 @@ import torch
 from tqdm import tqdm
 
 from d2r import envs as mw
-from d2r.sac.agent import NonFiniteError
-from d2r.sac.build import build_agent, make_run_envs
-from d2r.runtime.checkpoint import checkpoint_files, load_latest_checkpoint, save_checkpoint, save_model
-from d2r.sac.collect import Collector
 from d2r.config import RunConfig
-from d2r.runtime.devices import resolve_device
-from d2r.sac.evaluation import evaluate_agent
-from d2r.runtime.io import CheckpointError, append_text, atomic_write_bytes, atomic_write_json, dump_json
-from d2r.runtime.live import LiveView
 from d2r.nets import parameter_count
-from d2r.runtime.provenance import code_version
 from d2r.pipeline.records import code_digests
-from d2r.sac.replay import TaskReplayBuffer
+from d2r.runtime.checkpoint import checkpoint_files, save_model
+from d2r.runtime.devices import resolve_device
+from d2r.runtime.io import JsonlLog, atomic_write_json, dump_json
+from d2r.runtime.live import LiveView
+from d2r.runtime.provenance import code_version
 from d2r.runtime.rundir import RunDir
-from d2r.runtime.seeding import EVAL_STREAM, TRAIN_STREAM, global_rng_state, restore_global_rng_state, seed_everything
-
-class JsonlLog:
-    """A JSON-lines log kept in memory too: the checkpoints carry its records, and a resumed run
-    rewrites the file from them (whatever became of the file)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: list[dict] = []
-
-    def restore(self, records: list[dict]) -> None:
-        """Start from `records` (those of the checkpoint resumed from): the file is rewritten."""
-        self.records = list(records)
-        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records).encode())
-
-    def append(self, record: dict) -> None:
-        self.records.append(record)
-        append_text(self.path, json.dumps(record, sort_keys=True) + "\n")
-
-
-def _comparable(config_json: str) -> dict:
-    """A run's training configuration without `epochs`: raising it continues the run. A run
-    checkpointed before `train.cuda_graphs` existed had its default (auto: off then everywhere)."""
-    config = json.loads(config_json)
-    config["experiment"]["budget"].pop("epochs")
-    config["sac"].setdefault("cuda_graphs", "auto")
-    return config
-
-
-@dataclasses.dataclass
-class EpochProgress:
-    """How far the epoch in progress got when a signal stopped it (a mid-epoch checkpoint)."""
-
-    success: list[int] | None = None    # training success per task, once the episode is collected
-    updates: int = 0                    # updates done in this epoch
-    totals: dict = dataclasses.field(default_factory=dict)  # sums of the update statistics
-    elapsed: float = 0.0                # seconds spent in this epoch so far
-    pending: list | None = None         # overlapped collection: the episode, stored after the updates
-    skipped: torch.Tensor | None = None  # the agent's counts of dropped tasks in this epoch
-
-    @property
-    def step(self) -> int:
-        """Units done: the episode (1), then each update."""
-        return int(self.success is not None) + self.updates
-
-
-class GracefulStop:
-    """SIGTERM / SIGINT: remember the signal (the trainer stops at its next safe point); a second
-    one stops at once (the default action)."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:  # asked twice: stop now
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class Stopped(Exception):
-    """Training stopped by a signal at a safe point, after writing a checkpoint."""
-
-    def __init__(self, signum: int, epoch: int, progress: EpochProgress, path: Path):
-        self.signum, self.epoch, self.progress, self.path = signum, epoch, progress, path
-
-    def describe(self) -> str:
-        where = (f"after {self.progress.updates} updates of epoch {self.epoch + 1}" if self.progress.step
-                 else f"at the end of epoch {self.epoch}")
-        return (f"stopped by {signal.Signals(self.signum).name} {where}: checkpoint {self.path} written; "
-                "run the same command again to continue")
+from d2r.runtime.seeding import EVAL_STREAM, TRAIN_STREAM, seed_everything
+from d2r.runtime.signals import GracefulStop
+from d2r.sac import run_state
+from d2r.sac.build import build_agent, make_run_envs
+from d2r.sac.collect import Collector
+from d2r.sac.evaluation import evaluate_agent
+from d2r.sac.nonfinite import NonFiniteError
+from d2r.sac.replay import TaskReplayBuffer
+from d2r.sac.run_state import EpochProgress, Stopped
 
 
 class Trainer:
@@ -159,79 +71,12 @@ class Trainer:
         self.eval_log = JsonlLog(self.run_files.eval_log)
         self.live = LiveView(self.run_files.tensorboard)  # `tensorboard --logdir results/E`
 
-    # ---- checkpoints ------------------------------------------------------------------------
-    def state(self, progress: EpochProgress | None = None) -> dict:
-        state = {
-            "config": self.config_json,
-            "code": self.code,
-            "epoch": self.epoch,
-            "updates": self.updates,
-            "wall_time": self.wall_time,
-            "agent": self.agent.state_dict(),
-            "optimizers": self.agent.optimizer_state(),
-            "replay": self.buffer.state_dict(),
-            "device": self.device.type,
-            "rng": global_rng_state(self.device),
-            "collector_rng": self.collector.generator.get_state(),
-            "env_rng": {"train": mw.get_rng_state(self.envs), "eval": mw.get_rng_state(self.eval_envs)},
-            "logs": {"train": self.train_log.records, "eval": self.eval_log.records},
-        }
-        if progress is not None:
-            state["progress"] = dataclasses.asdict(progress)
-        return state
-
+    # ---- checkpoints (d2r.sac.run_state) ----------------------------------------------------
     def resume(self) -> bool:
-        files = checkpoint_files(self.checkpoint_dir)
-        # Read onto the CPU: torch restores random states from CPU byte tensors only; the agent,
-        # optimisers and replay buffer copy their tensors to the device as they load them.
-        state = load_latest_checkpoint(self.checkpoint_dir)
-        if state is None:
-            if files:
-                print(f"warning: none of the {len(files)} checkpoints in {self.checkpoint_dir} is readable; "
-                      "training starts from scratch", file=sys.stderr)
-            return False
-        if state.get("code") != self.code:
-            old = state.get("code") or {}
-            changed = sorted(f for f in self.code.keys() | old.keys() if self.code.get(f) != old.get(f))
-            what = f"{', '.join(changed[:3])} changed" if old else "written before checkpoints recorded it"
-            print(f"checkpoints in {self.checkpoint_dir} were written by other code ({what}); training starts "
-                  "afresh", file=sys.stderr)
-            shutil.rmtree(self.checkpoint_dir)
-            return False
-        if state["config"] != self.config_json:
-            if _comparable(state["config"]) != _comparable(self.config_json) or state["epoch"] > self.budget.epochs:
-                warnings.warn(f"checkpoints in {self.checkpoint_dir} belong to other parameters; starting afresh")
-                shutil.rmtree(self.checkpoint_dir)
-                return False
-            old = json.loads(state["config"])["experiment"]["budget"]["epochs"]
-            if old != self.budget.epochs:
-                print(f"continuing the run of {old} epochs to {self.budget.epochs} epochs (epochs raised)",
-                      file=sys.stderr)
-        written_on = state.get("device", "cpu")  # (checkpoints from before the key: no GPU run had been made)
-        if written_on != self.device.type:
-            raise CheckpointError(
-                f"{self.checkpoint_dir}: the checkpoints were written by a run on {written_on} and this run is on "
-                f"{self.device.type}; a run resumes only on the kind of device that wrote it (the collector's random "
-                f"stream is device-specific): set device: {written_on} in params.yaml to continue it, or delete "
-                f"{self.checkpoint_dir} to start afresh")
-        self.epoch, self.updates, self.wall_time = state["epoch"], state["updates"], state["wall_time"]
-        self.agent.load_state_dict(state["agent"])
-        self.agent.load_optimizer_state(state["optimizers"])
-        self.buffer.load_state_dict(state["replay"])
-        restore_global_rng_state(state["rng"], self.device)
-        self.collector.generator.set_state(state["collector_rng"].cpu())
-        mw.set_rng_state(self.envs, state["env_rng"]["train"])
-        mw.set_rng_state(self.eval_envs, state["env_rng"]["eval"])
-        self.train_log.restore(state["logs"]["train"])
-        self.eval_log.restore(state["logs"]["eval"])
-        if "progress" in state:
-            self.partial = EpochProgress(**state["progress"])
-        return True
+        return run_state.resume(self)
 
     def save(self, progress: EpochProgress | None = None) -> Path:
-        """A checkpoint at an epoch boundary, or of the epoch in progress."""
-        return save_checkpoint(self.checkpoint_dir, self.epoch, self.state(progress),
-                               step=None if progress is None else progress.step)
+        return run_state.save(self, progress)
 
     @property
     def stop_requested(self) -> bool:
@@ -245,7 +90,7 @@ class Trainer:
         if self.collector.busy:
             self._join_collection(progress)
         self.check_deferred_faults()  # no checkpoint of an update that failed
-        progress.skipped = self.agent._skipped.clone()
+        progress.skipped = self.agent.skipped.clone()
         progress.elapsed = time.perf_counter() - self._epoch_start
         raise Stopped(self.stop.signal, self.epoch, progress, self.save(progress))
 
@@ -375,7 +220,7 @@ class Trainer:
             self.epoch = epoch
             progress, self.partial = self.partial or EpochProgress(), None
             if progress.skipped is not None:
-                self.agent._skipped.copy_(progress.skipped)
+                self.agent.skipped.copy_(progress.skipped)
             start = self._epoch_start = time.perf_counter() - progress.elapsed
             stats = self.collect_and_update(epoch, progress)
             if stats:
