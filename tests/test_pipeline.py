@@ -202,18 +202,18 @@ def test_what_reruns(repo):
     assert planned(repo) == {"report": 1}
     report_py.write_text(original)     # back as it was, but newer: checksums show nothing changed
     assert planned(repo) == {}
-    os.utime(repo / "d2r" / "train.py")   # a newer file time alone re-runs nothing
+    os.utime(repo / "d2r" / "sac" / "training.py")   # a newer file time alone re-runs nothing
     assert planned(repo) == {}
 
     # Each job's sources are what it imports (d2r.pipeline.sources): the report's statistics re-run the
     # report only; the renderer the videos and the report; setup its record and the report that
     # shows it; a network module every job that builds a net, not setup; the benchmark nothing.
     videos = {"render": 2} if not RENDERING.get("why") else {}
-    for source, want in (("report/stats.py", {"report": 1}),
-                         ("render.py", {**videos, "report": 1}),
+    for source, want in (("reporting/stats.py", {"report": 1}),
+                         ("video.py", {**videos, "report": 1}),
                          ("jobs/setup.py", {"setup": 1, "report": 1}),
                          ("nets/baselines.py", {"train": 2, "evaluate": 2, "analyse": 2, **videos, "report": 1}),
-                         ("bench.py", {})):
+                         ("benchmark.py", {})):
         path = repo / "d2r" / source
         original = path.read_text()
         path.write_text(original + "\n# an edit\n")
