@@ -56,8 +56,9 @@ import gpu_measure as measure  # noqa: E402
 import gpu_runs as runs  # noqa: E402
 
 from d2r.config import load_params  # noqa: E402
+from d2r.nets import NETS  # noqa: E402
 
-METHODS = ("d2r", "mtsac", "mhsac", "moe", "softmod")
+METHODS = tuple(NETS)   # the method of params.yaml named after each network kind
 PAPER_EPOCHS, PAPER_EVALUATIONS = 7500, 7500 // 50  # MT10: epochs, periodic evaluations (every 50)
 
 

@@ -87,9 +87,31 @@ DEFAULT_CLUSTER_RESOURCES = ClusterResources(runtime_min=60, eval_runtime_min=30
 
 
 @dataclass(frozen=True)
+class RenderConfig:
+    """Videos of greedy episodes of the final policy: one per task, for each method's first seed.
+
+    Params.render_config(experiment): params.yaml `render:` with the experiment's own `render:` over
+    it. Read by the render job (d2r/video.py), the report and the pipeline (which render jobs);
+    never by training or evaluation, so no setting here changes a result."""
+
+    enabled: bool        # false: no render jobs; the report says videos are off
+    width: int           # pixels, a multiple of 16 (H.264 macroblocks)
+    height: int
+    frame_stride: int    # keep every n-th environment step as a frame
+    fps: int             # playback frames per second
+    camera: str          # a Meta-World camera: corner, corner2, ..., topview, behindGripper, gripperPOV
+    shadows: bool        # shadows and reflections (about 4x slower with software rendering)
+
+
+#: without a `render:` section: no videos
+DEFAULT_RENDER = RenderConfig(enabled=False, width=240, height=240, frame_stride=2, fps=25, camera="corner2",
+                              shadows=False)
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str
-    net: str                      # network kind: d2r | mtsac | mhsac | moe | softmod
+    net: str                      # network kind: a key of d2r.nets.NETS (params.yaml `nets`)
     net_args: dict[str, Any]      # the kind's sizes from `nets`, with the method's overrides
     resrouting: bool = True
     policy_route: str = "replayed"
@@ -155,11 +177,17 @@ class Params:
     raw: dict[str, Any] = field(repr=False, compare=False)
     # Slurm resources by preset name (and "default"); see cluster_resources().
     cluster: dict[str, ClusterResources] = field(default_factory=dict)
+    # Video settings by experiment name; see render_config().
+    render: dict[str, RenderConfig] = field(default_factory=dict)
 
     def cluster_resources(self, preset: str) -> ClusterResources:
         """The Slurm resources of a preset's jobs: `cluster.<preset>`, else `cluster.default`,
         else DEFAULT_CLUSTER_RESOURCES."""
         return self.cluster.get(preset) or self.cluster.get("default") or DEFAULT_CLUSTER_RESOURCES
+
+    def render_config(self, experiment: str) -> RenderConfig:
+        """The video settings of an experiment: `render:` with `experiments.<experiment>.render:` over it."""
+        return self.render[self.experiment(experiment).name]
 
     def experiment(self, name: str) -> ExperimentConfig:
         if name not in self.experiments:
@@ -185,7 +213,25 @@ def _key_path(path) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _load_schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The schema file, completed from its network kinds: each is named there once (its entry of
+    sizes under `nets`), and here becomes required in `nets` and a choice of a method's `net`."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    nets = schema["properties"]["nets"]
+    kinds = [k for k in nets["properties"] if k != "init"]
+    nets["required"] = [*nets["required"], *kinds]
+    schema["properties"]["methods"]["additionalProperties"]["properties"]["net"] = {"enum": kinds}
+    return schema
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema params.yaml is checked against (a copy)."""
+    return copy.deepcopy(_load_schema())
+
+
+def net_kinds() -> tuple[str, ...]:
+    """The network kinds params.yaml knows (each has its sizes in `nets`), in the schema's order;
+    read without torch. d2r.nets.NETS builds them (tests/test_baselines.py checks the two agree)."""
+    return tuple(_load_schema()["properties"]["methods"]["additionalProperties"]["properties"]["net"]["enum"])
 
 
 def _strict_integer(checker, instance) -> bool:
@@ -355,6 +401,12 @@ def _cluster(raw: dict, source: str) -> dict[str, ClusterResources]:
     return {name: ClusterResources(**entry) for name, entry in cluster.items()}
 
 
+def _render(raw: dict) -> dict[str, RenderConfig]:
+    """Each experiment's video settings: the defaults, `render:` over them, the experiment's `render:` over that."""
+    top = {**dataclasses.asdict(DEFAULT_RENDER), **(raw.get("render") or {})}
+    return {name: RenderConfig(**{**top, **(exp.get("render") or {})}) for name, exp in raw["experiments"].items()}
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping (as read from YAML) and build the typed configuration."""
     _check_schema(raw, source)
@@ -369,6 +421,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         experiments=experiments,
         raw=raw,
         cluster=_cluster(raw, source),
+        render=_render(raw),
     )
 
 
@@ -412,41 +465,3 @@ def read_params_file(path: str | Path) -> Any:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(read_params_file(path), str(path))
-
-
-# ----------------------------------------------------------------------------------------------
-# Rollout videos (params.yaml `render:`, overridable per experiment; the render job and the report)
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """Videos of greedy episodes of the final policy: one per task, for each method's first seed.
-
-    Read by the render job (d2r/video.py), the report and the Snakemake rules; never by training
-    or evaluation, so no setting here changes a result."""
-
-    enabled: bool        # false: no render jobs; the report says videos are off
-    width: int           # pixels, a multiple of 16 (H.264 macroblocks)
-    height: int
-    frame_stride: int    # keep every n-th environment step as a frame
-    fps: int             # playback frames per second
-    camera: str          # a Meta-World camera: corner, corner2, ..., topview, behindGripper, gripperPOV
-    shadows: bool        # shadows and reflections (about 4x slower with software rendering)
-
-
-#: without a `render:` section: no videos
-DEFAULT_RENDER = RenderConfig(enabled=False, width=240, height=240, frame_stride=2, fps=25, camera="corner2",
-                              shadows=False)
-
-
-def render_config(raw: dict[str, Any], experiment: str, source: str = "params.yaml") -> RenderConfig:
-    """The video settings of `experiment`: `render:` with `experiments.<experiment>.render:` over it.
-
-    `raw` is params.yaml as read (checked against the schema by parse_params)."""
-    experiments = raw.get("experiments") or {}
-    if experiment not in experiments:
-        raise ParamsError(f"{source}: unknown experiment {experiment!r}; params.yaml defines: "
-                          f"{', '.join(experiments)}")
-    settings = {**dataclasses.asdict(DEFAULT_RENDER), **(raw.get("render") or {}),
-                **(experiments[experiment].get("render") or {})}
-    return RenderConfig(**settings)

@@ -1,10 +1,16 @@
-"""Tests of the baseline networks (d2r/nets/baselines.py, spec section 6)."""
+"""Tests of the baseline networks (d2r/nets/baselines.py, spec section 6), and of the registry of
+network kinds (d2r.nets.NETS) against the parameters."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
+from d2r.config import net_kinds
+from d2r.nets import NETS, build_net
 from d2r.nets.base import MultiTaskNet
 from d2r.nets.baselines import (
     MixtureOfExpertsNet,
@@ -14,11 +20,32 @@ from d2r.nets.baselines import (
     parameter_count,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 STATE, ACTION = 39, 4
 POLICY_DIMS = (STATE, 2 * ACTION)  # 39 -> 8
 Q_DIMS = (STATE + ACTION, 1)  # 43 -> 1
-CLASSES = [MTSACNet, MultiHeadNet, MixtureOfExpertsNet, SoftModularNet]
-IDS = [c.__name__ for c in CLASSES]
+#: every registered kind but D2R's own network (each builds with its class's default sizes)
+BASELINES = {kind: cls for kind, cls in NETS.items() if kind != "d2r"}
+CLASSES = list(BASELINES.values())
+IDS = list(BASELINES)
+
+
+def test_every_network_kind_is_registered_and_known_to_the_parameters():
+    """A kind registered in d2r.nets.NETS has its sizes in the schema (`nets.<kind>`, which makes it a
+    choice of a method's `net`) and in params.yaml, and builds from them; and no other kind is known."""
+    schema = set(net_kinds())
+    assert not set(NETS) - schema, f"registered, but not in d2r/params.schema.yaml nets: {sorted(set(NETS) - schema)}"
+    assert not schema - set(NETS), f"in the schema's nets, but not registered in d2r.nets.NETS: {sorted(schema - set(NETS))}"
+    nets = yaml.safe_load((ROOT / "params.yaml").read_text())["nets"]
+    assert set(nets) - {"init"} == set(NETS), "params.yaml nets: an entry of sizes for each registered kind"
+    for kind, cls in NETS.items():
+        net = build_net(kind, *POLICY_DIMS, 10, **{"init": nets["init"], **nets[kind]})
+        assert isinstance(net, cls) and isinstance(net, MultiTaskNet), kind
+
+
+def test_an_unknown_kind_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match=f"unknown network kind 'transformer' \\(known: {', '.join(NETS)}\\)"):
+        build_net("transformer", *POLICY_DIMS, 10)
 
 
 def _batch(in_dim: int, num_tasks: int, per_task: int = 3, seed: int = 0):

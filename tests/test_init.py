@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from d2r.nets import build_net
+from d2r.nets import NETS, build_net
 
 STATE, ACTION, TASKS = 39, 4, 10
 
@@ -34,9 +34,11 @@ def hidden_bound(net: nn.Module, kind: str, name: str) -> float:
     return out**-0.5
 
 
-@pytest.mark.parametrize("kind", list(LAST))
+@pytest.mark.parametrize("kind", list(NETS))
 @pytest.mark.parametrize("dims", [(STATE, 2 * ACTION), (STATE + ACTION, 1)], ids=["policy", "Q"])
 def test_release_initialisation_of_every_kind(kind, dims):
+    if kind not in LAST:
+        pytest.skip(f"the last layers of network kind {kind!r} are not listed in LAST")
     torch.manual_seed(0)
     net = build_net(kind, *dims, TASKS, init="release")
     names = {name for name, _ in net.named_parameters()}
@@ -52,7 +54,7 @@ def test_release_initialisation_of_every_kind(kind, dims):
             assert value.max() <= bound and value.max() > 0.8 * bound, (name, value.max().item(), bound)
 
 
-@pytest.mark.parametrize("kind", list(LAST))
+@pytest.mark.parametrize("kind", list(NETS))
 def test_torch_initialisation_keeps_pytorchs_default(kind):
     torch.manual_seed(0)
     net = build_net(kind, STATE, 2 * ACTION, TASKS, init="torch")

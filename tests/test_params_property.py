@@ -22,12 +22,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from d2r.config import ParamsError, parse_params
+from d2r.config import ParamsError, parse_params, schema
 from d2r.envs import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
-SCHEMA = yaml.safe_load((ROOT / "d2r" / "params.schema.yaml").read_text())
+SCHEMA = schema()   # as d2r.config checks it (the network kinds filled in)
 SOURCE = "params.yaml"
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])

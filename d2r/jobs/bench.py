@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from d2r import benchmark as B
+from d2r.nets import NETS
 
-METHODS = ("d2r", "mtsac", "mhsac", "moe", "softmod")
+METHODS = tuple(NETS)   # by default the method of params.yaml named after each network kind
 SECTIONS = ("collection", "update", "plain", "efficiency", "end-to-end")
 
 

@@ -33,14 +33,14 @@ def run(args) -> int:
 
     import torch
 
-    from d2r.config import load_params, render_config
+    from d2r.config import load_params
     from d2r.runtime.io import atomic_write_json
     from d2r.sac.build import make_run_envs
     from d2r.sac.policy import load_policy
 
     params = load_params(args.params)
     params.run(args.experiment, args.method, args.seed)   # (an unknown method or seed: one line)
-    cfg = render_config(params.raw, args.experiment, args.params)
+    cfg = params.render_config(args.experiment)
     torch.set_num_threads(args.threads or 1)
     policy = load_policy(args.run_dir, "cpu")   # the run's own network and envs (d2r.sac.policy)
     exp = policy.run.experiment

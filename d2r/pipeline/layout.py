@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from d2r.config import Params, render_config
+from d2r.config import Params
 from d2r.runtime import rundir
 
 RESULTS = "results"
@@ -103,7 +103,7 @@ def runs(params: Params, experiment: str) -> list[Job]:
 
 def video_jobs(params: Params, experiment: str) -> list[Job]:
     """The render jobs the report embeds: each method's first seed; none when videos are off."""
-    if not render_config(params.raw, experiment).enabled:
+    if not params.render_config(experiment).enabled:
         return []
     exp = params.experiment(experiment)
     return [Job("render", experiment, m, exp.seeds[0]) for m in exp.methods]
@@ -165,12 +165,14 @@ def job_params(job: Job, params: Params) -> dict[str, Any]:
     if job.name == "analyse":
         return {}
     if job.name == "render":
-        return dataclasses.asdict(render_config(params.raw, job.experiment))
+        return dataclasses.asdict(params.render_config(job.experiment))
     if job.name == PAPER:
         return {}        # it reads the metrics files only (and d2r/reporting/published.yaml, as its code)
+    # report: the experiment as written (the page shows it verbatim), its methods' entries (the
+    # page reads their settings from run.json, an input: these only re-run it with training) and videos
     raw = params.raw["experiments"][params.experiment(job.experiment).name]
     return {"experiment": raw, "methods": {m: params.raw["methods"][m] for m in raw["methods"]},
-            "videos": render_config(params.raw, job.experiment).enabled}
+            "videos": params.render_config(job.experiment).enabled}
 
 
 def experiment_jobs(params: Params, experiment: str) -> list[Job]:

@@ -7,12 +7,14 @@ already: callers escape what they put in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from html import escape
 from typing import Any
 
 import yaml
 
+from d2r.config import MethodConfig
 from d2r.reporting import figures  # mx: `metrics` names the metrics JSON data here
 from d2r.reporting import metrics as mx
 from d2r.reporting.figures import Figures
@@ -73,10 +75,6 @@ def _interval(point: float, low: float, high: float, fmt=pct) -> str:
     return f"{fmt(point)} <span class=\"ci\">[{fmt(low)}, {fmt(high)}]</span>"
 
 
-def _first_config(data: Data) -> dict[str, Any]:
-    return data.runs[data.methods[0]][data.seeds[0]]["run"].get("config", {})
-
-
 def _code(version: dict | None) -> str:
     """A code version of provenance.code_version: "commit 1a2b3c4d5e6f (uncommitted changes)"."""
     if not version or not version.get("commit"):
@@ -102,8 +100,7 @@ METAWORLD_LABEL = "Meta-World's protocol (metaworld.evaluation)"
 
 def section_header(data: Data) -> str:
     env = data.environment
-    cfg = _first_config(data)
-    budget = cfg.get("experiment", {}).get("budget", {})
+    budget = data.run_config(data.methods[0]).experiment.budget
     ts = env["task_set"]
     v = env["versions"]
     setting = mx.experiment_setting(data)   # the episodes the runs were evaluated with (eval.json)
@@ -111,10 +108,9 @@ def section_header(data: Data) -> str:
         ("benchmark", f"{ts['benchmark']}, {ts['num_tasks']} tasks, {ts['goal_mode']} goals"),
         ("methods", ", ".join(data.methods)),
         ("seeds", ", ".join(map(str, data.seeds))),
-        ("budget preset", f"{data.config.preset}: {budget.get('epochs', '?')} epochs "
-                          f"({budget.get('epochs', 0) * ts['max_episode_steps']:,} env steps per task), "
-                          f"{budget.get('updates_per_epoch', '?')} updates per epoch, "
-                          f"batch {budget.get('batch_per_task', '?')} per task"),
+        ("budget preset", f"{data.config.preset}: {budget.epochs} epochs "
+                          f"({budget.epochs * ts['max_episode_steps']:,} env steps per task), "
+                          f"{budget.updates_per_epoch} updates per epoch, batch {budget.batch_per_task} per task"),
         ("final evaluation", f"two protocols, greedy routes, tanh(mean): {PAPER_LABEL} "
                              f"({setting['paper_protocol_episodes']} episodes per task, the runs' goals, "
                              f"{ts['max_episode_steps']}-step episodes) and {METAWORLD_LABEL} "
@@ -302,27 +298,28 @@ def section_ablation(data: Data, figs: Figures) -> str:
     depth = {m: mx.route_depth(data, m) for m in routed}
     rows = [[esc(m), pm(success[m]), f"{100 * deltas[m]:+.1f} pt" if m != base else "&ndash;",
              f"{depth[m].mean:.2f} &plusmn; {depth[m].std:.2f}",
-             esc(json.dumps({k: v for k, v in data.methods_raw[m].items() if k != "net"}, sort_keys=True))]
+             esc(json.dumps(switches(data.run_config(m).method), sort_keys=True))]
             for m in routed]
     return (figures.ablation(success, depth, figures.method_colors(data.methods), figs)
             + table(["variant", "final success", f"vs {esc(base)}", "route depth", "switches"], rows, left={0, 4})
             + '<p class="note">Switches: resrouting = ResRouting in replayed-route updates; '
               'policy_route = route used in the policy update (replayed behaviour route or the '
               'current greedy path); route_balance = per-task routing temperature from alpha; '
-              'fixed_depth = chain through every module.</p>')
+              'temperature = the base routing temperature; task_loss_weights = each task\'s losses '
+              'weighted by softmax(-log alpha); fixed_depth = chain through every module.</p>')
 
 
 def section_params_counts(data: Data) -> str:
     rows = []
     for m in data.methods:
         counts = [data.runs[m][s]["run"].get("param_counts", {}) for s in data.seeds]
-        cfg = data.runs[m][data.seeds[0]]["run"].get("config", {}).get("method", {})
+        cfg = data.run_config(m).method
         c = counts[0]
         policy, q = c.get("policy"), c.get("q")
         total = policy + 2 * q if isinstance(policy, int) and isinstance(q, int) else None
-        rows.append([esc(m), esc(cfg.get("net", "?")), _fmt_int(policy), _fmt_int(q),
+        rows.append([esc(m), esc(cfg.net), _fmt_int(policy), _fmt_int(q),
                      _fmt_int(total) if total is not None else "?",
-                     f"<code>{esc(json.dumps(cfg.get('net_args', {}), sort_keys=True))}</code>"])
+                     f"<code>{esc(json.dumps(cfg.net_args, sort_keys=True))}</code>"])
     return (table(["method", "network", "policy", "one&nbsp;Q", "policy&nbsp;+&nbsp;2&nbsp;Q", "network sizes"], rows,
                   left={0, 1, 5})
             + '<p class="note">Trainable parameters. SAC trains one policy and two Q networks '
@@ -348,30 +345,35 @@ def section_runs(data: Data) -> str:
 ROUTING_SWITCHES = ("resrouting", "policy_route", "route_balance", "temperature")
 
 
-def applicable_settings(method: dict[str, Any]) -> dict[str, Any]:
+def applicable_settings(method: MethodConfig) -> dict[str, Any]:
     """A method's settings without the routing switches when its network has no router (net != d2r)."""
-    if method.get("net") == "d2r":
-        return dict(method)
-    return {k: v for k, v in method.items() if k not in ROUTING_SWITCHES}
+    settings = dataclasses.asdict(method)
+    if method.net == "d2r":
+        return settings
+    return {k: v for k, v in settings.items() if k not in ROUTING_SWITCHES}
+
+
+def switches(method: MethodConfig) -> dict[str, Any]:
+    """What sets a D2R variant apart (the ablation table): its routing switches, the task loss
+    weights and fixed depth."""
+    return {**{k: getattr(method, k) for k in (*ROUTING_SWITCHES, "task_loss_weights")},
+            "fixed_depth": bool(method.net_args.get("fixed_depth", False))}
 
 
 def section_parameters(data: Data) -> str:
-    cfg = _first_config(data)
+    run = data.run_config(data.methods[0])
     env = data.environment
     parts = []
-    exp_cfg = dict(cfg.get("experiment", {}))
     parts.append("<h3>Experiment (params.yaml)</h3>")
     parts.append(f"<pre>{esc(yaml.safe_dump({data.experiment: data.exp_raw}, sort_keys=True))}</pre>")
     parts.append("<h3>Budget, environment, SAC and device, as the training runs saw them</h3>")
-    shown = {"budget": exp_cfg.get("budget"), "tasks (resolved)": exp_cfg.get("tasks"),
-             "env": cfg.get("env"), "sac": cfg.get("sac"), "device": cfg.get("device")}
+    shown = {"budget": dataclasses.asdict(run.experiment.budget), "tasks (resolved)": list(run.experiment.tasks),
+             "env": dataclasses.asdict(run.env), "sac": dataclasses.asdict(run.sac), "device": run.device}
     parts.append(f"<pre>{esc(yaml.safe_dump(shown, sort_keys=True))}</pre>")
     parts.append("<h3>Methods</h3>")
     parts.append('<p class="note">As the runs saw them; the routing switches (resrouting, policy_route, '
                  'route_balance, temperature) are shown only for methods with a router (net d2r).</p>')
-    methods = {m: applicable_settings(data.runs[m][data.seeds[0]]["run"].get("config", {})
-                                      .get("method", data.methods_raw[m]))
-               for m in data.methods}
+    methods = {m: applicable_settings(data.run_config(m).method) for m in data.methods}
     parts.append(f"<pre>{esc(yaml.safe_dump(methods, sort_keys=True))}</pre>")
     parts.append("<h3>Software and machine (setup job)</h3>")
     parts.append(kv_table(sorted(env["versions"].items()) + [(f"platform.{k}", v) for k, v in sorted(env["platform"].items())]

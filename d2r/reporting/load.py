@@ -5,7 +5,8 @@ typed from d2r.config, which needs none of them):
 
     params.yaml                                 the experiment's methods, seeds, budget preset
     results/{exp}/environment.json              versions, platform, device, task set (setup job)
-    results/{exp}/{method}/seed{s}/run.json     training config, parameter counts, wall time
+    results/{exp}/{method}/seed{s}/run.json     training config (the methods' settings as trained),
+                                                parameter counts, wall time
     results/{exp}/{method}/seed{s}/eval_log.jsonl   periodic evaluations during training
     results/{exp}/{method}/seed{s}/eval.json    final evaluation (greedy routes), both protocols
     results/{exp}/{method}/seed{s}/routes.json  routing analysis (analyse job)
@@ -21,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from d2r.config import ExperimentConfig, MethodConfig, ParamsError, RenderConfig, load_params, render_config
+from d2r.config import ExperimentConfig, RenderConfig, RunConfig, load_params, run_from_dict
 from d2r.runtime import rundir
 from d2r.runtime.io import ResultFileError, read_json, read_jsonl
 from d2r.runtime.rundir import RunDir
@@ -34,22 +35,23 @@ class ReportError(ValueError):
 class Data:
     """Everything the report shows, read from the results tree."""
 
-    def __init__(self, experiment: str, config: ExperimentConfig, method_configs: dict[str, MethodConfig],
-                 exp_raw: dict, methods_raw: dict, environment: dict,
-                 runs: dict[str, dict[int, dict[str, Any]]], tasks: list[str], render: RenderConfig | None = None):
+    def __init__(self, experiment: str, config: ExperimentConfig, exp_raw: dict, environment: dict,
+                 runs: dict[str, dict[int, dict[str, Any]]], tasks: list[str], render: RenderConfig):
         self.experiment = experiment
         self.config = config                  # the experiment as d2r.config typed it
-        self.method_configs = method_configs  # method -> d2r.config.MethodConfig
         self.methods = list(config.methods)
         self.seeds = list(config.seeds)
-        # As written in params.yaml: the page shows these settings verbatim.
-        self.exp_raw = exp_raw
-        self.methods_raw = methods_raw
+        self.exp_raw = exp_raw      # the experiment as written in params.yaml: the page shows it verbatim
         self.environment = environment
-        self.runs = runs            # runs[method][seed] = {"run", "eval_log", "eval", "routes"}
+        self.runs = runs            # runs[method][seed] = {"run", "config", "eval_log", "eval", "routes"}
         self.tasks = tasks
         self.render = render        # d2r.config.RenderConfig of the experiment
         self.videos: dict[str, dict[str, Any]] | None = None   # method -> index.json (d2r.reporting.videos)
+
+    def run_config(self, method: str) -> RunConfig:
+        """The method's first run as it was trained (its run.json, typed): the one source of the
+        page's method, budget, environment and SAC settings."""
+        return self.runs[method][self.seeds[0]]["config"]
 
     def routed(self, method: str) -> bool:
         return all(self.runs[method][s]["routes"].get("routed", False) for s in self.seeds)
@@ -81,6 +83,11 @@ def _read_run(files: RunDir, tasks: list[str]) -> dict[str, Any]:
         raise ReportError(f"{log_path}: missing")
     r = {"run": _read(files.run_info), "eval_log": list(read_jsonl(log_path)),
          "eval": _read(files.final_eval), "routes": _read(files.routes)}
+    try:
+        r["config"] = run_from_dict(r["run"]["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ReportError(f"{files.run_info}: no training config as this version writes it "
+                          f"({type(err).__name__}: {err})") from None
     ev, where = r["eval"], files.final_eval
     if list(ev["tasks"]) != tasks:
         raise ReportError(f"{where}: tasks {ev['tasks']} differ from environment.json's {tasks}")
@@ -109,10 +116,5 @@ def load(params_path: str | Path, experiment: str, results: str | Path) -> Data:
     tasks = list(environment["task_set"]["tasks"])
     runs = {m: {s: _read_run(RunDir(rundir.run_path(results, m, s)), tasks) for s in config.seeds}
             for m in config.methods}
-    try:
-        render = render_config(params.raw, experiment, str(params_path))
-    except (ParamsError, TypeError) as err:
-        raise ReportError(f"{params_path}: render settings: {err}") from None
-    return Data(experiment, config, {m: params.methods[m] for m in config.methods},
-                params.raw["experiments"][experiment], {m: params.raw["methods"][m] for m in config.methods},
-                environment, runs, tasks, render)
+    return Data(experiment, config, params.raw["experiments"][experiment], environment, runs, tasks,
+                params.render_config(experiment))

@@ -292,11 +292,11 @@ def curve_array(data: Data, method: str) -> tuple[list[int], np.ndarray] | None:
 
 def variants(data: Data) -> list[str]:
     """D2R and its ablations: methods whose network is d2r."""
-    return [m for m in data.methods if data.method_configs[m].net == "d2r"]
+    return [m for m in data.methods if data.run_config(m).method.net == "d2r"]
 
 
 def baselines(data: Data) -> list[str]:
-    return [m for m in data.methods if data.method_configs[m].net != "d2r"]
+    return [m for m in data.methods if data.run_config(m).method.net != "d2r"]
 
 
 def statistics(data: Data, reps: int = stats.REPS) -> dict[str, Any]:
