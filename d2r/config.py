@@ -135,6 +135,9 @@ class ExperimentConfig:
     #: episodes per task of Meta-World's own protocol in the final evaluation (metaworld.evaluation;
     #: its default, 50, unless params.yaml says otherwise); None when read back from a run.json
     metaworld_eval_episodes: int | None = 50
+    #: seeds trained together by one training job (lockstep, one process, one device); how the
+    #: pipeline schedules training, not what it computes: no run depends on it
+    seeds_per_job: int = 1
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class RunConfig:
         data = dataclasses.asdict(self)
         data["experiment"].pop("final_eval_episodes")
         data["experiment"].pop("metaworld_eval_episodes")
+        data["experiment"].pop("seeds_per_job")
         return data
 
 
@@ -378,6 +382,7 @@ def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: s
         final_eval_episodes=raw_exp["final_eval_episodes"],
         train_overrides=dict(raw_exp.get("train", {})),
         metaworld_eval_episodes=raw_exp.get("metaworld_eval_episodes", 50),
+        seeds_per_job=raw_exp.get("seeds_per_job", 1),
     )
 
 

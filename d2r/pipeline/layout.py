@@ -170,9 +170,18 @@ def job_params(job: Job, params: Params) -> dict[str, Any]:
         return {}        # it reads the metrics files only (and d2r/reporting/published.yaml, as its code)
     # report: the experiment as written (the page shows it verbatim), its methods' entries (the
     # page reads their settings from run.json, an input: these only re-run it with training) and videos
+    # (not seeds_per_job: how training is scheduled changes no result)
     raw = params.raw["experiments"][params.experiment(job.experiment).name]
+    raw = {key: value for key, value in raw.items() if key != "seeds_per_job"}
     return {"experiment": raw, "methods": {m: params.raw["methods"][m] for m in raw["methods"]},
             "videos": params.render_config(job.experiment).enabled}
+
+
+def seed_groups(params: Params, experiment: str) -> list[tuple[int, ...]]:
+    """The experiment's seeds as its training jobs take them: `seeds_per_job` at a time, in order."""
+    exp = params.experiment(experiment)
+    size = exp.seeds_per_job
+    return [tuple(exp.seeds[i:i + size]) for i in range(0, len(exp.seeds), size)]
 
 
 def experiment_jobs(params: Params, experiment: str) -> list[Job]:

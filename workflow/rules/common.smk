@@ -9,12 +9,13 @@
 # An outdated job is forced (with one line saying why); a current one is left alone whatever the
 # file times say: every input is `ancient`, and profiles/default sets `rerun-triggers: mtime`, so
 # Snakemake's own records add nothing. A dry run (-n) shows that plan and changes no file.
+import re
 import shlex
 from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
-from d2r.pipeline.layout import PAPER, RUN_JOBS, Job
+from d2r.pipeline.layout import PAPER, RUN_JOBS, Job, seed_groups
 from d2r.pipeline.layout import inputs as pipeline_inputs
 from d2r.pipeline.records import Freshness
 from d2r.pipeline.sources import job_sources
@@ -67,9 +68,12 @@ PATTERNS = SimpleNamespace(experiment="{experiment}", method="{method}", seed="{
 
 def job_outputs(name: str) -> dict:
     """A rule's outputs: the job's files (d2r.pipeline.layout) and its build record."""
-    job = job_of(name, PATTERNS)
+    return job_outputs_of(job_of(name, PATTERNS))
+
+
+def job_outputs_of(job: Job) -> dict:
     outputs = {**job.outputs(), "record": job.record}
-    if name == "render":
+    if job.name == "render":
         outputs["videos"] = directory(outputs["videos"])
     return outputs
 
@@ -151,3 +155,47 @@ def forced(job: Job) -> bool:
     """Whether the user forced the job (--forcerun a rule or one of its files, --forceall)."""
     files, rules = forced_sets()
     return job.name in {rule.name for rule in rules} or not files.isdisjoint([*job.outputs().values(), job.record])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training by groups of seeds (seeds_per_job > 1; workflow/rules/train.smk).
+
+
+def one_of(names) -> str:
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def train_groups():
+    """(experiment, method, seeds) of every training job that trains several seeds."""
+    return [(e, m, seeds) for e in EXPERIMENTS if PARAMS.experiment(e).seeds_per_job > 1
+            for m in PARAMS.experiment(e).methods for seeds in seed_groups(PARAMS, e)]
+
+
+def group_rule_name(experiment: str, method: str, seeds) -> str:
+    return f"train-{experiment}-{method}-seeds{'-'.join(map(str, seeds))}"
+
+
+def group_path(base: str, experiment: str, method: str, seeds, name: str) -> str:
+    return f"{base}/{experiment}/{method}/seeds{'-'.join(map(str, seeds))}/{name}"
+
+
+def group_outputs(experiment: str, method: str, seeds) -> dict:
+    """Every seed's training outputs and build record, named seed<s>_<name>."""
+    return {f"seed{s}_{key}": path for s in seeds
+            for key, path in job_outputs_of(Job("train", experiment, method, s)).items()}
+
+
+def group_inputs(experiment: str, method: str, seeds):
+    """The union of the seeds' inputs (each seed's freshness checked on the way)."""
+    solo = job_inputs("train")
+
+    def inputs(wildcards) -> dict:
+        merged: dict = {}
+        for s in seeds:
+            for key, files in solo(SimpleNamespace(experiment=experiment, method=method, seed=str(s))).items():
+                merged.setdefault(key, [])
+                merged[key] += [f for f in (files if isinstance(files, list) else [files]) if f not in merged[key]]
+        return merged
+
+    return inputs
