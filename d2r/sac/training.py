@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,7 @@ class Trainer:
     def updates_due(self, epoch: int) -> bool:
         return epoch >= self.budget.warmup_epochs and len(self.buffer) >= max(1, self.budget.min_replay)
 
-    def collect_and_update(self, epoch: int, progress: EpochProgress) -> Iterator[None]:
+    def collect_and_update(self, epoch: int, progress: EpochProgress) -> Generator[None, None, dict[str, float]]:
         """One epoch's episode per task and its updates, in sequence (paper) or overlapped; stops
         (with a checkpoint) after the episode or any update when a signal came. A generator: it
         yields after the episode (in sequence) and after each update, and returns the epoch's
@@ -136,7 +136,7 @@ class Trainer:
         progress.success = [int(s) for s in episode.success]
         progress.pending = episode.transitions
 
-    def train_steps(self, progress: EpochProgress) -> Iterator[None]:
+    def train_steps(self, progress: EpochProgress) -> Generator[None, None, dict[str, float]]:
         """The epoch's remaining updates, yielding after each; returns their mean statistics."""
         n = self.budget.updates_per_epoch
         totals = progress.totals
