@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import torch
 import yaml
 from test_long_runs import signal_at, without_timing
 from test_reliability import nan_gradient, on_update
-from test_train import tiny_params
+from test_train import ROOT, tiny_params
 
 from d2r import cli
 from d2r.config import load_params
@@ -170,3 +173,31 @@ def test_a_group_job_writes_one_build_record_per_seed(params, tmp_path, monkeypa
         record = json.loads((tmp_path / f"results/tiny/d2r/seed{seed}/records/train.json").read_text())
         assert record["job"] == f"train tiny/d2r/seed{seed}"
         assert f"results/tiny/d2r/seed{seed}/model.pt" in record["outputs"]
+
+
+def test_a_group_job_sigtermed_from_outside_resumes_every_seed_exactly(params, tmp_path):
+    """The job as the pipeline runs it, in its own process: SIGTERM at whatever point it has reached
+    once seed 1 wrote its first checkpoint; the rerun ends as the uninterrupted group does."""
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "d2r", *train_args(params, str(out / "seed{seed}"), *SEEDS), "--threads", "1"]
+
+    full = tmp_path / "full"
+    subprocess.run(command(full), check=True, capture_output=True, timeout=600, cwd=ROOT)
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    marker = out / "seed1" / "checkpoints" / "ckpt-0000001.json"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 75, err
+    stops = [line.split(":")[0] for line in err.splitlines() if ": stopped by SIGTERM " in line]
+    assert sorted(stops) == ["seed 0", "seed 1"], err  # each at its own next safe point, in either order
+    assert not (out / "seed1" / "model.pt").exists()
+    rerun = subprocess.run(command(out), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert rerun.returncode == 0, rerun.stderr
+    for seed in SEEDS:
+        same_run(out / f"seed{seed}", full / f"seed{seed}")
