@@ -126,6 +126,27 @@ def bench_update(params, method: str, num_tasks: int, reps: int, device) -> tupl
     return seconds, flops
 
 
+def bench_seed_group(params, method: str, num_tasks: int, seeds: int, reps: int, device) -> float:
+    """Seconds per round of a group of `seeds` agents (d2r.sac.group): one update of each seed in
+    turn, each between its own global random streams, as a group's training interleaves them (the
+    median round; one warm-up round first). Each seed's update rate is 1 / this."""
+    from d2r.runtime.seeding import RandomStreams
+
+    members = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        config = params.methods[method]
+        agent = MultiTaskSAC(config, params.sac, mw.STATE_DIM, mw.ACTION_DIM, num_tasks, device)
+        members.append((agent, filled_buffer(agent, num_tasks, 256, device), RandomStreams(device)))
+
+    def round_of_updates():
+        for agent, buf, streams in members:
+            with streams:
+                agent.update(buf.sample(128))
+
+    return _timed(round_of_updates, reps, device)
+
+
 @contextmanager
 def _capture_grads(store: list):
     """Record every optimizer step's gradients (before the step), in order."""
@@ -253,7 +274,8 @@ def bench_end_to_end(params, epochs: int, updates: int, device, overlap: bool, v
             return wrapper
 
         trainer.collector._episode = timed("collect", trainer.collector._episode)
-        trainer.train_steps = timed("update", trainer.train_steps)
+        trainer.buffer.sample = timed("update", trainer.buffer.sample)  # an update: its batch, then the step
+        trainer.agent.update = timed("update", trainer.agent.update)
         start = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - start

@@ -11,13 +11,15 @@ import importlib
 import sys
 
 from d2r.config import ParamsError, load_params
+from d2r.jobs.arguments import UsageError
 from d2r.runtime.io import CheckpointError, ResultFileError
 
 #: the jobs the pipeline's rules run (d2r.pipeline.layout.JOBS), each able to write its build record
 PIPELINE_JOBS = ("setup", "train", "evaluate", "analyse", "report", "render", "paper")
 JOBS = {
     "setup": ("d2r.jobs.setup", "record versions and the device, build the task set once"),
-    "train": ("d2r.jobs.train", "train one (experiment, method, seed); resumes from its last checkpoint"),
+    "train": ("d2r.jobs.train", "train one (experiment, method, seed), or several seeds of it together (--seed "
+                                "repeated); resumes from its last checkpoint"),
     "evaluate": ("d2r.jobs.evaluate", "final rollouts with greedy routes: per-task success and return"),
     "analyse": ("d2r.jobs.analyse", "routing depth, modules used and edge frequency per task"),
     "report": ("d2r.jobs.report", "self-contained HTML report and metrics JSON for one experiment"),
@@ -56,36 +58,44 @@ def main(argv: list[str] | None = None) -> int:
     if job in JOBS:
         importlib.import_module(JOBS[job][0]).add_arguments(job_parsers[job])
     args = parser.parse_args(argv)
-    records = built = made = None
+    records = made = None
+    built = []
     try:
         if getattr(args, "record", None):
             # What the outputs are made from is taken before the job reads anything. The record
             # modules are imported only here: they are no job's sources (d2r.pipeline.sources.BOOKKEEPING).
             from d2r.pipeline import records
-            built = _pipeline_job(args)
-            made = records.made_from(built, load_params(args.params))
+            built = _pipeline_jobs(args)
+            made = [records.made_from(job, load_params(args.params)) for job in built]
         status = int(importlib.import_module(args._module).run(args) or 0)
-    except ParamsError as err:
+    except (ParamsError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (CheckpointError, ResultFileError) as err:  # an unreadable or refused file: one line naming it
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if status == 0 and built:
-        records.write_record(built, made)
+    if status == 0:
+        for job, made_from in zip(built, made or []):  # a group of seeds' train job: one record per seed
+            records.write_record(job, made_from)
     return status
 
 
-def _pipeline_job(args):
-    """The pipeline job these arguments run (a d2r.pipeline.layout.Job), for its build record."""
+def _pipeline_jobs(args) -> list:
+    """The pipeline jobs these arguments run (d2r.pipeline.layout.Job), for their build records:
+    one, or one per seed of a group's train job (--record then holds {seed}, filled per seed)."""
+    from d2r.jobs.arguments import per_seed, seeds_of
     from d2r.pipeline.layout import Job
 
     if getattr(args, "experiment", None) is None and args.job != "paper":
         raise SystemExit(f"error: {args.job} --record needs --experiment (and --method, --seed for one run's job)")
-    job = Job(args.job, getattr(args, "experiment", None), getattr(args, "method", None), getattr(args, "seed", None))
-    if args.record != job.record:  # the record's place is part of the results layout (d2r.pipeline.layout)
-        raise SystemExit(f"error: --record {args.record}: the build record of {job.label} is {job.record}")
-    return job
+    seeds = seeds_of(args) if getattr(args, "seed", None) is not None else [None]
+    jobs = []
+    for seed, record in zip(seeds, per_seed("--record", args.record, seeds)):
+        job = Job(args.job, getattr(args, "experiment", None), getattr(args, "method", None), seed)
+        if record != job.record:  # the record's place is part of the results layout (d2r.pipeline.layout)
+            raise SystemExit(f"error: --record {record}: the build record of {job.label} is {job.record}")
+        jobs.append(job)
+    return jobs
 
 
 if __name__ == "__main__":

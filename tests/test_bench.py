@@ -27,3 +27,16 @@ def test_timed_alternately_returns_every_call_of_each_function_in_turn():
     times = bench.timed_alternately(fns, reps=3, device=torch.device("cpu"))
     assert calls == ["a", "b"] * 4  # one warm-up round, then 3 timed
     assert [len(t) for t in times] == [3, 3] and all((t >= 0).all() for t in times)
+
+
+def test_the_seed_group_section_prints_a_row_per_group_size(capsys):
+    from d2r.jobs import bench as bench_job
+
+    params = load_params(REPO / "params.yaml")
+    bench_job.seed_groups(params, torch.device("cpu"), reps=1, method="mtsac", num_tasks=2)
+    out = capsys.readouterr().out.splitlines()
+    assert "== a group of S seeds trained together" in out[1]
+    rows = [line.split() for line in out[3:]]
+    assert [int(row[0]) for row in rows] == list(bench_job.GROUP_SIZES) == [1, 2, 5]
+    assert all(float(row[1]) > 0 and abs(float(row[2]) - int(row[0]) * float(row[1])) <= 0.02 * float(row[2])
+               for row in rows)

@@ -12,7 +12,8 @@ from d2r import benchmark as B
 from d2r.nets import NETS
 
 METHODS = tuple(NETS)   # by default the method of params.yaml named after each network kind
-SECTIONS = ("collection", "update", "plain", "efficiency", "end-to-end")
+SECTIONS = ("collection", "update", "seed-groups", "plain", "efficiency", "end-to-end")
+GROUP_SIZES = (1, 2, 5)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +60,9 @@ def run(args) -> int:
                 print(f"{method:10s} {num_tasks:5d} {128 * num_tasks:6d} {1 / seconds:10.2f} {1000 * seconds:10.1f} "
                       f"{flops / 1e9:13.2f} {flops / seconds / 1e9:8.1f}")
 
+    if "seed-groups" in sections:
+        seed_groups(params, device, reps, method=args.methods.split(",")[0])
+
     if "plain" in sections:
         print("\n== D2R update: fast network vs the plain one-module-at-a-time reference (MT10) ==")
         cmp = B.bench_plain_vs_fast(params, 10, reps, device)
@@ -73,6 +77,16 @@ def run(args) -> int:
     if "end-to-end" in sections:
         end_to_end(params, device, 3 if args.quick else 6, 20 if args.quick else 100)
     return 0
+
+
+def seed_groups(params, device, reps: int, method: str = "d2r", num_tasks: int = 10,
+                sizes: tuple[int, ...] = GROUP_SIZES) -> None:
+    print(f"\n== a group of S seeds trained together (train --seed repeated): the S agents' {method} updates "
+          f"interleaved, MT{num_tasks} paper width, 128 per task ==")
+    print(f"{'S':>3s} {'updates/s per seed':>19s} {'updates/s, all seeds':>21s} {'ms per round of S':>18s}")
+    for seeds in sizes:
+        seconds = B.bench_seed_group(params, method, num_tasks, seeds, reps, device)
+        print(f"{seeds:3d} {1 / seconds:19.2f} {seeds / seconds:21.2f} {1000 * seconds:18.1f}")
 
 
 def efficiency(params, device, rounds: int) -> None:

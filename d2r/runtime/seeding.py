@@ -64,3 +64,23 @@ def restore_global_rng_state(state: dict, device: torch.device | str = "cpu") ->
     torch.set_rng_state(state["torch"].cpu())
     if torch.device(device).type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+class RandomStreams:
+    """One run's own global random streams (python's, numpy's, torch's CPU generator and, on a GPU
+    `device`, its CUDA generator) while other runs in the same process draw from theirs: made
+    right after the run seeded and built itself, it holds the streams as they are then; `with
+    streams:` puts them in place and, on leaving, takes them back as the run left them. A group
+    of seeds in one process (d2r.sac.group) wraps all that each seed does in its own streams, so
+    each draws exactly what it draws alone."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.state = global_rng_state(self.device)
+
+    def __enter__(self) -> RandomStreams:
+        restore_global_rng_state(self.state, self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.state = global_rng_state(self.device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from d2r.sac.run_state import EpochProgress, Stopped
 
 class Trainer:
     def __init__(self, run: RunConfig, out_dir: Path, progress: bool = True, stop: GracefulStop | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, bar_position: int | None = None):
         self.run, self.out_dir, self.progress = run, Path(out_dir), progress
         self.exp, self.budget = run.experiment, run.experiment.budget
         self.tasks = list(self.exp.tasks)
@@ -49,6 +50,7 @@ class Trainer:
         self.config_json = dump_json(run.training_dict())
         self.code = code_digests("train")   # a checkpoint of other code is not resumed
         self.stop = stop
+        self.bar_position = bar_position  # the progress bar's line (a group: one per seed)
         seed_everything(run.seed)
 
         self.envs = make_run_envs(run, TRAIN_STREAM)
@@ -102,9 +104,11 @@ class Trainer:
     def updates_due(self, epoch: int) -> bool:
         return epoch >= self.budget.warmup_epochs and len(self.buffer) >= max(1, self.budget.min_replay)
 
-    def collect_and_update(self, epoch: int, progress: EpochProgress) -> dict[str, float]:
+    def collect_and_update(self, epoch: int, progress: EpochProgress) -> Generator[None, None, dict[str, float]]:
         """One epoch's episode per task and its updates, in sequence (paper) or overlapped; stops
-        (with a checkpoint) after the episode or any update when a signal came."""
+        (with a checkpoint) after the episode or any update when a signal came. A generator: it
+        yields after the episode (in sequence) and after each update, and returns the epoch's
+        statistics."""
         overlap = self.run.sac.overlap_collection
         if progress.success is None:
             if not overlap:
@@ -112,11 +116,12 @@ class Trainer:
                 self.store(episode.transitions)
                 progress.success = [int(s) for s in episode.success]
                 self.stop_if_asked(progress)
+                yield
             else:
                 self.collector.start()  # the episode runs while the learner updates on earlier data
         due = self.updates_due(epoch) if progress.updates == 0 else True
         try:
-            stats = self.train_steps(progress) if due else {}
+            stats = (yield from self.train_steps(progress)) if due else {}
         finally:
             if self.collector.busy:  # also when an update failed: the thread is not left running
                 self._join_collection(progress)
@@ -131,7 +136,8 @@ class Trainer:
         progress.success = [int(s) for s in episode.success]
         progress.pending = episode.transitions
 
-    def train_steps(self, progress: EpochProgress) -> dict[str, float]:
+    def train_steps(self, progress: EpochProgress) -> Generator[None, None, dict[str, float]]:
+        """The epoch's remaining updates, yielding after each; returns their mean statistics."""
         n = self.budget.updates_per_epoch
         totals = progress.totals
         while progress.updates < n:
@@ -142,6 +148,7 @@ class Trainer:
                 totals[key] = totals.get(key, 0) + value
             progress.updates += 1
             self.updates += 1
+            yield
         self.check_deferred_faults()
         # One host synchronisation per epoch, not per update.
         return {key: round(float(value) / n, 6) for key, value in totals.items()}
@@ -202,6 +209,15 @@ class Trainer:
 
     def train(self) -> None:
         """The run from its newest checkpoint to `epochs`; raises Stopped after a signal."""
+        for _ in self.units():
+            pass
+
+    def units(self) -> Iterator[None]:
+        """The run from its newest checkpoint to `epochs`, as a generator that yields after each
+        unit of work: an epoch's episode (collection in sequence), each update, and each epoch's
+        end (evaluation, logs, checkpoint). `train` runs them all; a group of seeds
+        (d2r.sac.group) runs its seeds' units in turn, each between its own random streams.
+        Raises Stopped after a signal, NonFiniteError on a NaN/Inf."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.resume():
             print(f"resuming from epoch {self.epoch} ({self.updates} updates done)", file=sys.stderr)
@@ -210,46 +226,51 @@ class Trainer:
             self.eval_log.restore([])
         self.checked_updates = self.updates
         self.live.restart(self.train_log.records, self.eval_log.records)
-        steps = self.run.env.max_episode_steps
-        budget = self.budget
-        last_success = float("nan")
-        bar = tqdm(range(self.epoch, budget.epochs), initial=self.epoch, total=budget.epochs,
+        self._last_success = float("nan")
+        bar = tqdm(range(self.epoch, self.budget.epochs), initial=self.epoch, total=self.budget.epochs,
                    disable=not self.progress, desc=f"{self.exp.name}/{self.run.method.name}/seed{self.run.seed}",
-                   unit="epoch", file=sys.stderr)
+                   unit="epoch", file=sys.stderr, position=self.bar_position)
         for epoch in bar:
             self.epoch = epoch
             progress, self.partial = self.partial or EpochProgress(), None
             if progress.skipped is not None:
                 self.agent.skipped.copy_(progress.skipped)
-            start = self._epoch_start = time.perf_counter() - progress.elapsed
-            stats = self.collect_and_update(epoch, progress)
-            if stats:
-                self.check_finite(stats)
-            env_steps = (epoch + 1) * steps
-            self.epoch = epoch + 1
-            if self.epoch % budget.eval_every == 0 or self.epoch == budget.epochs:
-                last_success = self.periodic_evaluation(env_steps)["mean_success"]
-            elapsed = time.perf_counter() - start
-            self.wall_time += elapsed
-            self.train_log.append({
-                "epoch": self.epoch, "env_steps": env_steps, "updates": self.updates,
-                "wall_time": round(self.wall_time, 3), "sps": round(steps * len(self.tasks) / elapsed, 1),
-                **stats,
-                "alpha": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.log_alpha.exp().tolist())},
-                "temperature": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.temperature.tolist())},
-                "train_success": dict(zip(self.tasks, progress.success)),
-            })
-            self.live.epoch(self.train_log.records[-1])
-            postfix = {"sps": f"{steps * len(self.tasks) / elapsed:.0f}", "success": f"{last_success:.2f}"}
-            if "loss_q" in stats:  # none before the first update
-                postfix["loss_q"] = stats["loss_q"]
-            bar.set_postfix(postfix)
-            stopping = self.stop_requested and self.epoch < budget.epochs
-            if self.epoch % budget.checkpoint_every == 0 or self.epoch == budget.epochs or stopping:
-                path = self.save()
-            if stopping:  # (a signal in the last epoch lets the run finish instead)
-                raise Stopped(self.stop.signal, self.epoch, EpochProgress(), path)
+            self._epoch_start = time.perf_counter() - progress.elapsed
+            stats = yield from self.collect_and_update(epoch, progress)
+            self.end_epoch(epoch, progress, stats, bar)
+            yield
         self.finish()
+
+    def end_epoch(self, epoch: int, progress: EpochProgress, stats: dict, bar) -> None:
+        """After the epoch's updates: checks, evaluation (every `eval_every`), the log line, and a
+        checkpoint (every `checkpoint_every`, and when a signal came: then raises Stopped)."""
+        budget, steps = self.budget, self.run.env.max_episode_steps
+        if stats:
+            self.check_finite(stats)
+        env_steps = (epoch + 1) * steps
+        self.epoch = epoch + 1
+        if self.epoch % budget.eval_every == 0 or self.epoch == budget.epochs:
+            self._last_success = self.periodic_evaluation(env_steps)["mean_success"]
+        elapsed = time.perf_counter() - self._epoch_start
+        self.wall_time += elapsed
+        self.train_log.append({
+            "epoch": self.epoch, "env_steps": env_steps, "updates": self.updates,
+            "wall_time": round(self.wall_time, 3), "sps": round(steps * len(self.tasks) / elapsed, 1),
+            **stats,
+            "alpha": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.log_alpha.exp().tolist())},
+            "temperature": {t: round(a, 6) for t, a in zip(self.tasks, self.agent.temperature.tolist())},
+            "train_success": dict(zip(self.tasks, progress.success)),
+        })
+        self.live.epoch(self.train_log.records[-1])
+        postfix = {"sps": f"{steps * len(self.tasks) / elapsed:.0f}", "success": f"{self._last_success:.2f}"}
+        if "loss_q" in stats:  # none before the first update
+            postfix["loss_q"] = stats["loss_q"]
+        bar.set_postfix(postfix)
+        stopping = self.stop_requested and self.epoch < budget.epochs
+        if self.epoch % budget.checkpoint_every == 0 or self.epoch == budget.epochs or stopping:
+            path = self.save()
+        if stopping:  # (a signal in the last epoch lets the run finish instead)
+            raise Stopped(self.stop.signal, self.epoch, EpochProgress(), path)
 
     def finish(self) -> None:
         save_model(self.run_files.model, self.agent.state_dict())
