@@ -20,9 +20,10 @@ rewritten after every step, so a kill loses only the step under way.
     off and on, sync and async envs;
  7. one periodic evaluation's cost; with 6, the paper's MT10 budget projected (in the table);
  8. the D2R graph update at 5 times the MT10 batch;
- 9. three processes sharing the GPU, each timing D2R graph updates;
-10. env-steps/s of MT10 and MT50, sync and async vector envs, and act() per vector step;
-11. the learning runs until the budget's end: stopped, their evaluation logs collected.
+ 9. seed groups (d2r.sac.group) of S = 1 and 5 D2R agents, graph updates in turn: per-seed updates/s;
+10. three processes sharing the GPU, each timing D2R graph updates;
+11. env-steps/s of MT10 and MT50, sync and async vector envs, and act() per vector step;
+12. the learning runs until the budget's end: stopped, their evaluation logs collected.
 Times: medians of at least three blocks, CUDA events on a GPU (gpu_measure.py).
 
 Files in --out (default $OUT, else benchmarks/runs/gpu_check), five: gpu_check.txt (the table,
@@ -226,6 +227,10 @@ def table(results: dict) -> str:
         ratio = [v["ms"] for v in rows.values() if "ms" in v]
         add("D2R graph update, larger batch", "; ".join(cells) + (f"; time x{ratio[1] / ratio[0]:.2f}"
                                                                    if len(ratio) == 2 else ""))
+    if r := step("seed groups"):
+        add("D2R seed group (graphs, one stream)", "; ".join(
+            f"{k}: " + (_unit(v) or f"{v['per_seed_updates_per_s']:.1f} updates/s per seed, "
+                                    f"{v['updates_per_s']:.1f} together") for k, v in r["rows"].items()))
     if r := step("shared GPU"):
         alone = steps.get("updates/s", {}).get("rows", {}).get("d2r graph", {}).get("updates_per_s")
         add(f"{len(r['processes'])} processes on the GPU", "D2R graph updates/s each: "
@@ -271,7 +276,7 @@ def table(results: dict) -> str:
             add(f"easy3 {name}", f"{x['epochs']} epochs, {x['updates']} updates in {_fmt(x['wall_s'], '.0f')} s "
                                  "(paused while timing); "
                                  f"mean success at epoch {evals}")
-    peaks = [x.get("peak_gb", 0) for s in ("updates/s", "D2R large batch")
+    peaks = [x.get("peak_gb", 0) for s in ("updates/s", "D2R large batch", "seed groups")
              for x in steps.get(s, {}).get("rows", {}).values()]
     if peaks:
         add("peak GPU memory", f"{max(peaks):.2f} GB (the update steps)")
@@ -330,6 +335,7 @@ def main(argv=None) -> int:
             ("training epochs", 55, True, lambda d: measure.training_epochs(params, sizes, device, d)),
             ("evaluation", 10, True, lambda d: measure.evaluation_cost(params, sizes, device, d)),
             ("D2R large batch", 12, True, lambda d: measure.d2r_large_batch(params, sizes, device, d)),
+            ("seed groups", 12, True, lambda d: measure.seed_groups(params, sizes, device, d)),
             ("shared GPU", 30, True, lambda d: runs.shared_gpu(
                 params_file, device, sizes, [tmp / "shared" / f"worker{i}.log" for i in range(3)], d)),
             ("collection", 40, True, lambda d: measure.collection_rates(params, sizes, device, d)),

@@ -214,6 +214,41 @@ def d2r_large_batch(params, sizes, device, deadline) -> dict:
     return {"batch": MT10_TASKS * sizes.batch_per_task, "rows": rows}
 
 
+def seed_groups(params, sizes, device, deadline) -> dict:
+    """A group of S D2R agents as the `train` job steps them (d2r.sac.group): one graph update of
+    each seed in turn, each in its own random streams; per-seed and total updates/s, S = 1 and 5."""
+    from d2r.runtime.seeding import RandomStreams
+
+    rows = {}
+    for size in (1, 5):
+        if deadline.passed():
+            rows[f"S={size}"] = {"skipped": "out of time"}
+            continue
+        try:
+            fresh_memory(device)
+            members = []
+            for seed in range(size):
+                torch.manual_seed(seed)
+                agent, buf = ready_agent(params, "d2r", "on", sizes.batch_per_task, sizes, device)
+                members.append((agent, buf, RandomStreams(device)))
+            out = {}
+
+            def round_of_updates():
+                for agent, buf, streams in members:
+                    with streams:
+                        out[agent] = agent.update(buf.sample(sizes.batch_per_task))
+
+            times = block_times(round_of_updates, sizes.calls, sizes.blocks, device)
+            for agent, stats in out.items():
+                checked(agent, stats)
+            rows[f"S={size}"] = {"round_ms": 1000 * median(times), "per_seed_updates_per_s": 1 / median(times),
+                                 "updates_per_s": size / median(times), "peak_gb": peak_gb(device)}
+            print(f"seed group S={size}: {rows[f'S={size}']['per_seed_updates_per_s']:.1f} updates/s per seed", flush=True)
+        except Exception as err:  # this unit only: the next still runs
+            rows[f"S={size}"] = {"error": f"{type(err).__name__}: {err}"}
+    return {"rows": rows}
+
+
 def collection_rates(params, sizes, device, deadline) -> dict:
     """Env-steps/s with random actions (MT10, MT50; sync and async vector envs), and the cost of
     the D2R policy's act() per vector step, its action read back as collection does."""

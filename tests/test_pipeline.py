@@ -104,7 +104,7 @@ def planned(repo: Path, *args: str, target: str = TARGET) -> dict[str, int]:
     table = out.split("Job stats:", 1)[1]
     jobs = {}
     for line in table.splitlines():
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        m = re.match(r"^([\w-]+)\s+(\d+)$", line.strip())
         if m and m.group(1) != "total":
             jobs[m.group(1)] = int(m.group(2))
         if line.strip().startswith("total"):

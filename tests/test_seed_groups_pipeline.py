@@ -1,0 +1,99 @@
+"""Seed groups through Snakemake (issue 31): with `seeds_per_job: 2` one job trains both seeds of
+a method, each seed's files are those of its solo job, a group job stopped by SIGTERM resumes
+every seed exactly when the same command runs again, and changing seeds_per_job alone re-runs
+nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from test_pipeline import EXPERIMENT, TARGET, TIMEOUT, _env, _ignore, edit_params, planned, snakemake, tiny_params
+from test_pipeline_long_runs import training_pid
+
+pytestmark = pytest.mark.slow
+
+SEEDS = [0, 1]
+GROUP_RULE = f"train-{EXPERIMENT}-d2r-seeds0-1"
+TIMING = ("wall_time", "sps")
+
+
+def grouped(seeds_per_job: int):
+    def change(raw: dict) -> dict:
+        tiny_params(raw)
+        raw["presets"]["tiny"].update(epochs=6, eval_every=2, checkpoint_every=1)
+        raw["experiments"][EXPERIMENT].update(methods=["d2r"], seeds=list(SEEDS), seeds_per_job=seeds_per_job)
+        return raw
+    return change
+
+
+def new_copy(path: Path, seeds_per_job: int) -> Path:
+    shutil.copytree(REPO, path, ignore=_ignore, symlinks=True)
+    edit_params(path, grouped(seeds_per_job))
+    return path
+
+
+def run_dir(repo: Path, seed: int) -> Path:
+    return repo / "results" / EXPERIMENT / "d2r" / f"seed{seed}"
+
+
+def without_timing(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory) -> Path:
+    """The experiment with one training job per seed, run once."""
+    repo = new_copy(tmp_path_factory.mktemp("solo") / "repo", seeds_per_job=1)
+    snakemake(repo, "--cores", "2", TARGET)
+    return repo
+
+
+def test_a_group_job_trains_each_seed_as_alone_and_resumes_after_sigterm(solo, tmp_path):
+    repo = new_copy(tmp_path / "repo", seeds_per_job=2)
+    assert planned(repo) == {"setup": 1, GROUP_RULE: 1, "evaluate": 2, "analyse": 2, "report": 1}
+
+    log = open(repo / "snakemake.out", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        marker = run_dir(repo, 1) / "checkpoints" / f"ckpt-{3:07d}.json"
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists():
+            assert proc.poll() is None, (repo / "snakemake.out").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        pid = training_pid(repo, "d2r")
+        assert pid is not None, "training process not found"
+        os.kill(pid, signal.SIGTERM)
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    job_log = repo / "logs" / EXPERIMENT / "d2r" / "seeds0-1" / "train.log"
+    stops = [line for line in job_log.read_text().splitlines() if "stopped by SIGTERM" in line]
+    assert [line.split(":")[0] for line in stops] == ["seed 0", "seed 1"], job_log.read_text()[-2000:]
+
+    snakemake(repo, "--cores", "2", TARGET)
+    assert job_log.read_text().count("resuming from epoch") == 2
+    for seed in SEEDS:
+        for name in ("train_log.jsonl", "eval_log.jsonl"):
+            assert without_timing(run_dir(repo, seed) / name) == without_timing(run_dir(solo, seed) / name)
+        assert (run_dir(repo, seed) / "model.pt").read_bytes() == (run_dir(solo, seed) / "model.pt").read_bytes()
+    metrics = f"metrics/{EXPERIMENT}.json"
+    assert (repo / metrics).read_bytes() == (solo / metrics).read_bytes()
+
+    # How training is scheduled is no result: regrouping re-runs nothing, either way.
+    edit_params(repo, grouped(1))
+    assert planned(repo) == {}
+    edit_params(solo, grouped(2))
+    assert planned(solo) == {}
