@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from d2r.runtime.io import atomic_write_json, dump_json
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 SYNTH_EXPERIMENT = "synth"
 SYNTH_TASKS = ["reach", "push", "pick-place"]

@@ -13,8 +13,7 @@ import torch
 
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer
-from test_agent import ACTION, SAC, STATE, TASKS, filled_buffer
-from test_capturable import CASES
+from helpers import ACTION, CASES, SAC, STATE, TASKS, filled_buffer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

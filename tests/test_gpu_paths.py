@@ -16,8 +16,7 @@ from d2r.config import load_params
 from d2r.runtime.io import CheckpointError
 from d2r.runtime.seeding import _numpy_state, _tuples
 from d2r.sac.training import Trainer
-from test_agent import filled_buffer, make_agent
-from test_train import tiny_params
+from helpers import filled_buffer, make_agent, tiny_params
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ from d2r import cli
 from d2r.runtime import io as d2r_io
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.collect import Collector
-from test_train import tiny_params, train_cmd
+from helpers import tiny_params, train_cmd
+
+pytestmark = pytest.mark.slow
 
 TIMING = ("wall_time", "sps")
 

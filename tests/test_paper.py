@@ -95,7 +95,7 @@ def test_a_bad_published_entry_is_one_line(tmp_path):
 
     from d2r.reporting.load import ReportError
 
-    data = yaml.safe_load((REPO / "d2r" / "report" / "published.yaml").read_text())
+    data = yaml.safe_load((REPO / "d2r" / "reporting" / "published.yaml").read_text())
     data["results"][3]["source"] = "somebody"
     path = tmp_path / "published.yaml"
     path.write_text(yaml.safe_dump(data))

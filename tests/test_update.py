@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from d2r.sac.agent import MultiTaskSAC
-from test_agent import SAC, d2r_method, filled_buffer, make_agent
+from helpers import SAC, d2r_method, filled_buffer, make_agent
 
 
 def sharpen_routers(agent: MultiTaskSAC, scale: float = 30.0) -> None:

@@ -50,7 +50,8 @@ SOURCES = {job: job_sources(job) for job in ("setup", *RUN_JOBS, "report", PAPER
 
 
 # ---------------------------------------------------------------------------------------------
-# Outputs and inputs of each rule, from d2r.pipeline.layout.
+# Outputs, inputs, logs and benchmarks of each rule, and the directories its command names, from
+# d2r.pipeline.layout.
 
 
 def job_of(name: str, wildcards) -> Job:
@@ -72,6 +73,23 @@ def job_outputs(name: str) -> dict:
     if name == "render":
         outputs["videos"] = directory(outputs["videos"])
     return outputs
+
+
+def job_log(name: str) -> str:
+    """A rule's log: what its job prints."""
+    return job_of(name, PATTERNS).log
+
+
+def job_benchmark(name: str) -> str:
+    """A rule's benchmark: Snakemake's measurement of its job (wall time, memory)."""
+    return job_of(name, PATTERNS).benchmark
+
+
+# The same patterns in a rule's shell command: results/E/M/seedS (one run's directory) and results/E.
+SHELL_PATTERNS = SimpleNamespace(experiment="{wildcards.experiment}", method="{wildcards.method}",
+                                 seed="{wildcards.seed}")
+RUN_DIR = job_of("train", SHELL_PATTERNS).run_dir
+EXPERIMENT_DIR = job_of("report", SHELL_PATTERNS).experiment_dir
 
 
 def job_inputs(name: str):

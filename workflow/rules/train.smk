@@ -10,9 +10,9 @@ rule train:
     output:
         **job_outputs("train"),
     log:
-        "logs/{experiment}/{method}/seed{seed}/train.log",
+        job_log("train"),
     benchmark:
-        "benchmarks/runs/{experiment}/{method}/seed{seed}/train.tsv"
+        job_benchmark("train")
     threads: train_threads
     resources:
         gpu=job_gpus,
@@ -24,5 +24,5 @@ rule train:
     shell:
         "{PYTHON} -m d2r train --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
-        " --out results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
+        f" --out {RUN_DIR}"
         " --record {output.record} > {log} 2>&1"
