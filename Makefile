@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install render-deps smoke test clean
+.PHONY: install render-deps smoke test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,13 @@ render-deps:
 smoke: install render-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores all reports/smoke.html
 
+# The whole test suite (what CI runs: .ci/run).
 test: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+
+# For development: the tests not marked slow (the end-to-end runs left out; README "Tests").
+test-fast: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf .snakemake results reports/*.html reports/*.timing.json reports/curves/*.csv metrics/*.json logs benchmarks/runs

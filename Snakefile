@@ -62,8 +62,8 @@ rule all:
     """Every experiment's report and metrics (weeks on a CPU: name one target instead)."""
     default_target: True
     input:
-        expand("reports/{experiment}.html", experiment=EXPERIMENTS),
-        expand("metrics/{experiment}.json", experiment=EXPERIMENTS),
+        [Job("report", e).outputs()["html"] for e in EXPERIMENTS],
+        [Job("report", e).outputs()["metrics"] for e in EXPERIMENTS],
 
 
 # After a successful run outside DVC: the built experiments recorded in dvc.lock (dvc commit).

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from d2r.runtime.io import atomic_write_json, dump_json
-
-REPO = Path(__file__).resolve().parents[1]
 
 SYNTH_EXPERIMENT = "synth"
 SYNTH_TASKS = ["reach", "push", "pick-place"]

@@ -4,37 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import ACTION, STATE, TASKS, d2r_method, filled_buffer, make_agent
 
-from d2r.config import MethodConfig, SACConfig
-from d2r.sac.agent import MultiTaskSAC
+from d2r.config import MethodConfig
 from d2r.sac.replay import TaskReplayBuffer
-
-SAC = SACConfig(gamma=0.99, tau=0.005, lr=3e-4, lr_alpha=1e-4, reward_scale=0.1, grad_clip=1.0,
-                loss_mask_threshold=3000.0, bootstrap_on_truncation=False, overlap_collection=False,
-                update_order="joint")
-SMALL_D2R = dict(encoder=[32, 32], num_modules=4, width=16, top_k=2, router_hidden=[16])
-STATE, ACTION, TASKS = 6, 2, 3
-
-
-def d2r_method(**switches) -> MethodConfig:
-    return MethodConfig(name="d2r", net="d2r", net_args=dict(SMALL_D2R), **switches)
-
-
-def make_agent(method=None, sac=SAC) -> MultiTaskSAC:
-    torch.manual_seed(0)
-    return MultiTaskSAC(method or d2r_method(), sac, STATE, ACTION, TASKS)
-
-
-def filled_buffer(agent, steps=20, seed=0) -> TaskReplayBuffer:
-    torch.manual_seed(seed)
-    net = agent.policy.net
-    buf = TaskReplayBuffer(TASKS, 50, STATE, ACTION, net.route_shape if net.routed else None, seed=seed)
-    task = torch.arange(TASKS)
-    for _ in range(steps):
-        s = torch.randn(TASKS, STATE)
-        a, route = agent.act(s, task)
-        buf.add(s, a, torch.rand(TASKS), torch.randn(TASKS, STATE), torch.zeros(TASKS, dtype=torch.bool), route)
-    return buf
 
 
 def test_temperatures_average_one_and_order_inversely_to_alpha():

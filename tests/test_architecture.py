@@ -10,6 +10,7 @@ job's add_arguments/run) -> the CLI. The import graph has no cycle and no module
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -139,3 +140,17 @@ def test_reading_the_parameters_imports_no_simulator_and_no_torch():
             "print(sorted(m for m in ('mujoco', 'metaworld', 'gymnasium', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_test_file_imports_another():
+    """Tests share helpers through tests/helpers.py and conftest.py's fixtures, never by importing
+    a test file (which would collect its tests twice, and hide where a helper lives)."""
+    tests = Path(__file__).parent
+    test_files = {p.stem for p in tests.glob("test_*.py")}
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in test_files]
+    assert not found, "test files import test files (move what they share to tests/helpers.py): " + "; ".join(found)

@@ -4,6 +4,7 @@ against."""
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from d2r import benchmark as bench
@@ -12,6 +13,7 @@ from d2r.config import load_params
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_plain_reference_update_matches_the_fast_update_at_paper_width():
     params = load_params(REPO / "params.yaml")
     cmp = bench.bench_plain_vs_fast(params, num_tasks=10, reps=1, device=torch.device("cpu"))

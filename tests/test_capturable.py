@@ -10,8 +10,15 @@ import json
 
 import pytest
 import torch
-from test_agent import SAC, d2r_method, filled_buffer, make_agent
-from test_reliability import nan_after_policy_step, nan_parameter  # the same faults as the default path's tests
+from helpers import (  # the same faults as the default path's tests
+    CASES,
+    SAC,
+    d2r_method,
+    filled_buffer,
+    make_agent,
+    nan_after_policy_step,
+    nan_parameter,
+)
 
 from d2r.config import MethodConfig
 from d2r.sac.agent import MultiTaskSAC, resolve_cuda_graphs
@@ -19,19 +26,6 @@ from d2r.sac.nonfinite import NonFiniteError
 
 #: every way a tensor's value reaches Python
 HOST_READS = ("item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__", "__index__")
-
-CASES = {
-    "d2r": (d2r_method(), "joint"),  # ResRouting on the replayed route, and in the actor's pass through the Qs
-    "d2r-sequential": (d2r_method(), "sequential"),
-    "d2r-current-path": (d2r_method(resrouting=False, policy_route="greedy"), "joint"),
-    "mtsac": (MethodConfig(name="mtsac", net="mtsac", net_args={"hidden": [32, 32]}, task_loss_weights=False), "joint"),
-    "mhsac": (MethodConfig(name="mhsac", net="mhsac", net_args={"hidden": [32, 32]}, task_loss_weights=False), "joint"),
-    "moe": (MethodConfig(name="moe", net="moe", net_args={"num_experts": 3, "hidden": [32, 32]},
-                         task_loss_weights=False), "joint"),
-    "softmod": (MethodConfig(name="softmod", net="softmod",
-                             net_args=dict(num_layers=3, num_modules=2, module_width=16, encoder=[32, 32],
-                                           embed_dim=32, routing_hidden=16)), "joint"),
-}
 
 
 def refuse_host_reads(patch: pytest.MonkeyPatch) -> None:

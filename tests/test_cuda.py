@@ -10,8 +10,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_agent import ACTION, SAC, STATE, TASKS, filled_buffer
-from test_capturable import CASES
+from helpers import ACTION, CASES, SAC, STATE, TASKS, filled_buffer
 
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer

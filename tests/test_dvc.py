@@ -17,8 +17,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_pipeline import EXPERIMENT, METHODS, TARGET, TIMEOUT, _env, edit_params, planned, sh, snakemake, tiny_params
+from helpers import (
+    EXPERIMENT,
+    METHODS,
+    REPO,
+    TARGET,
+    TIMEOUT,
+    edit_params,
+    pipeline_env,
+    planned,
+    sh,
+    snakemake,
+    tiny_experiment,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +57,14 @@ def contents(state: dict[str, tuple[str, int]]) -> dict[str, str]:
 
 
 def run(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(cmd, cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory) -> Path:
     """A Git repository of the project with the tiny experiment (a DVC stage like the others),
     built by `snakemake` alone, its dvc.lock and metrics committed and its results pushed."""
-    if shutil.which("dvc", path=_env()["PATH"]) is None or shutil.which("git") is None:
+    if shutil.which("dvc", path=pipeline_env()["PATH"]) is None or shutil.which("git") is None:
         pytest.skip("dvc or git is not installed")
     base = tmp_path_factory.mktemp("dvc")
     repo = base / "origin"
@@ -64,7 +75,7 @@ def origin(tmp_path_factory) -> Path:
         if (REPO / rel).is_file() and not output:
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, repo / rel)
-    edit_params(repo, tiny_params)
+    edit_params(repo, tiny_experiment)
     dvc_yaml = repo / "dvc.yaml"
     dvc_yaml.write_text(dvc_yaml.read_text().replace("foreach:\n", f"foreach:\n      - {EXPERIMENT}\n", 1))
     sh(repo, "git", "init", "-q")

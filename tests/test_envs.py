@@ -164,6 +164,7 @@ def test_subset_observation_and_one_hot():
         envs.close()
 
 
+@pytest.mark.slow
 def test_mt50_builds_with_shape():
     # One MT50 build (about 13 s on 2 cores): every task constructs and resets.
     envs = make_task_envs(resolve_tasks("MT50"), seed=1)

@@ -9,8 +9,7 @@ import random
 
 import pytest
 import torch
-from test_agent import filled_buffer, make_agent
-from test_train import tiny_params
+from helpers import filled_buffer, make_agent, tiny_params
 
 from d2r import envs as mw
 from d2r.config import load_params

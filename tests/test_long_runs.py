@@ -17,18 +17,13 @@ import subprocess
 import pytest
 import torch
 import yaml
-from test_train import tiny_params, train_cmd
+from helpers import signal_at, tiny_params, train_cmd, without_timing
 
 from d2r import cli
 from d2r.runtime import io as d2r_io
-from d2r.sac.agent import MultiTaskSAC
-from d2r.sac.collect import Collector
 
-TIMING = ("wall_time", "sps")
+pytestmark = pytest.mark.slow
 
-
-def without_timing(path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
 
 def live_view(out) -> dict[str, list[tuple[int, float]]]:
@@ -77,20 +72,6 @@ def reference(request, tmp_path_factory):
     out = tmp / "run"
     subprocess.run(train_cmd(params, out) + ["--threads", "1"], check=True, capture_output=True, timeout=600)
     return params, out
-
-
-def signal_at(monkeypatch, where: str, number: int, signum=signal.SIGTERM) -> None:
-    """Send `signum` to this process during the `number`-th update or episode (1-based)."""
-    cls, name = (MultiTaskSAC, "update") if where == "update" else (Collector, "_episode")
-    original, calls = getattr(cls, name), [0]
-
-    def patched(self, *args, **kwargs):
-        calls[0] += 1
-        if calls[0] == number:
-            os.kill(os.getpid(), signum)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, name, patched)
 
 
 @pytest.mark.parametrize("where, number, signum, checkpoint, line", [

@@ -134,12 +134,14 @@ def test_shipped_params_parse():
 
 
 # ---- deletions -------------------------------------------------------------------------------
+@pytest.mark.slow
 @SETTINGS
 @given(st.sampled_from(KEY_PATHS))
 def test_deleting_a_key(path):
     check_deletion(path)
 
 
+@pytest.mark.slow
 def test_deleting_each_key():
     """The same property over every key of the file (a finite set: all of it, not a sample)."""
     for path in KEY_PATHS:

@@ -18,107 +18,39 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, mujoco_rendering
+from conftest import mujoco_rendering
+from helpers import (
+    EXPERIMENT,
+    METHODS,
+    REPO,
+    TARGET,
+    TIMEOUT,
+    edit_params,
+    ignore_outputs,
+    pipeline_env,
+    planned,
+    sh,
+    snakemake,
+    tiny_experiment,
+)
 
 pytestmark = pytest.mark.slow
-
-EXPERIMENT = "tiny"
-TARGET = f"reports/{EXPERIMENT}.html"
-METHODS = ["d2r", "mtsac"]
-TIMEOUT = 900
-
-# Paths of the repository that are not copied: outputs, environments, caches, VCS data.
-NOT_COPIED = {".venv", ".git", ".snakemake", "results", "logs", "metrics", ".pytest_cache", ".dvc",
-              "__pycache__", "d2r.egg-info", ".hypothesis"}
-
-
-def _ignore(directory: str, names: list[str]) -> set[str]:
-    skip = {n for n in names if n in NOT_COPIED or n.endswith(".pyc")}
-    rel = Path(directory).resolve().relative_to(REPO) if Path(directory).resolve() != REPO else Path(".")
-    if rel == Path("reports"):
-        skip |= {n for n in names if n.endswith(".html")}
-    if rel == Path("benchmarks"):
-        skip |= {"runs"}
-    return skip
-
-
-def tiny_params(raw: dict) -> dict:
-    raw["env"]["max_episode_steps"] = 50
-    raw["nets"]["d2r"] = {"encoder": [32, 32], "num_modules": 4, "width": 16, "top_k": 2, "router_hidden": [32]}
-    raw["nets"]["mtsac"] = {"hidden": [32, 32]}
-    raw["presets"]["tiny"] = {"epochs": 2, "warmup_epochs": 1, "min_replay": 0, "updates_per_epoch": 2,
-                              "batch_per_task": 8, "replay_size": 1000, "eval_every": 1, "eval_episodes": 1,
-                              "checkpoint_every": 1}
-    raw["experiments"][EXPERIMENT] = {"benchmark": "MT10", "tasks": ["reach", "drawer-close"], "goal_mode": "fixed",
-                                      "methods": list(METHODS), "seeds": [0], "preset": "tiny",
-                                      "final_eval_episodes": 1, "metaworld_eval_episodes": 1,
-                                      "render": {"enabled": False}}
-    return raw
-
 
 #: the tiny experiment's videos when rendering works here (repo fixture): 5 frames of 64x64 each
 TINY_RENDER = {"enabled": True, "width": 64, "height": 64, "frame_stride": 10}
 RENDERING: dict[str, str] = {}     # "why": '' when the repo fixture renders videos, else why not
 
 
-def edit_params(repo: Path, change) -> None:
-    path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    change(raw)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.pop("PYTHONPATH", None)      # jobs must import the copy's d2r (python -m runs in the copy)
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
-
-
-def sh(repo: Path, *cmd: str, check: bool = True) -> str:
-    proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    out = proc.stdout + proc.stderr
-    if check and proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((repo / "logs").rglob("*.log"))
-                         if p.stat().st_size) if (repo / "logs").exists() else ""
-        raise AssertionError(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{out[-6000:]}\n{logs}")
-    return out
-
-
-def snakemake(repo: Path, *args: str) -> str:
-    return sh(repo, sys.executable, "-m", "snakemake", *args)
-
-
-def planned(repo: Path, *args: str, target: str = TARGET) -> dict[str, int]:
-    """Jobs a dry run of the tiny report (or `target`; with these extra arguments) would run:
-    rule -> count ({} when nothing)."""
-    out = snakemake(repo, "-n", target, *args)
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:", 1)[1]
-    jobs = {}
-    for line in table.splitlines():
-        m = re.match(r"^([\w-]+)\s+(\d+)$", line.strip())
-        if m and m.group(1) != "total":
-            jobs[m.group(1)] = int(m.group(2))
-        if line.strip().startswith("total"):
-            break
-    assert jobs, f"could not read the dry run's plan:\n{out[-3000:]}"
-    return jobs
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A copy of the repository with the tiny experiment, after one full run of its report."""
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    shutil.copytree(REPO, repo, ignore=_ignore, symlinks=True)
-    edit_params(repo, tiny_params)
+    shutil.copytree(REPO, repo, ignore=ignore_outputs, symlinks=True)
+    edit_params(repo, tiny_experiment)
     RENDERING["why"] = mujoco_rendering()
     if not RENDERING["why"]:
         edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(render=dict(TINY_RENDER)))
@@ -206,11 +138,12 @@ def test_what_reruns(repo):
     assert planned(repo) == {}
 
     # Each job's sources are what it imports (d2r.pipeline.sources): the report's statistics re-run the
-    # report only; the renderer the videos and the report; setup its record and the report that
-    # shows it; a network module every job that builds a net, not setup; the benchmark nothing.
+    # report only; the renderer the videos and so the report (nothing without videos); setup its
+    # record and the report that shows it; a network module every job that builds a net, not setup;
+    # the benchmark nothing.
     videos = {"render": 2} if not RENDERING.get("why") else {}
     for source, want in (("reporting/stats.py", {"report": 1}),
-                         ("video.py", {**videos, "report": 1}),
+                         ("video.py", {**videos, "report": 1} if videos else {}),
                          ("jobs/setup.py", {"setup": 1, "report": 1}),
                          ("nets/baselines.py", {"train": 2, "evaluate": 2, "analyse": 2, **videos, "report": 1}),
                          ("benchmark.py", {})):
@@ -308,7 +241,7 @@ def _copy_tracked(src: Path, dst: Path) -> None:
 
 def _dvc_init(repo: Path) -> None:
     """The tiny experiment gets a stage like the others; DVC without Git (the temporary copy has none)."""
-    if shutil.which("dvc", path=_env()["PATH"]) is None:
+    if shutil.which("dvc", path=pipeline_env()["PATH"]) is None:
         pytest.skip("dvc is not installed")
     dvc_yaml = repo / "dvc.yaml"
     text = dvc_yaml.read_text()
@@ -362,14 +295,14 @@ def test_dvc_metrics_and_plots_show(repo):
     never run; `dvc plots show` gives the learning curves (every method, task and evaluation of
     reports/curves/tiny.csv), which Vega-Lite draws: a panel per task, a line per method."""
     _dvc_init(repo)
-    proc = subprocess.run(["dvc", "metrics", "show"], cwd=repo, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(["dvc", "metrics", "show"], cwd=repo, env=pipeline_env(), capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr
     assert "failed to load" not in proc.stdout + proc.stderr and "WARNING" not in proc.stdout + proc.stderr
     assert f"metrics/{EXPERIMENT}.json" in proc.stdout and "metrics/mt10.json" not in proc.stdout
 
-    proc = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    proc = subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=pipeline_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
     assert proc.returncode == 0 and "failed to load" not in proc.stderr, proc.stderr
     shown = _json_tail(proc.stdout)
     assert not shown.get("errors"), shown.get("errors")
@@ -417,7 +350,7 @@ def test_dvc_plots_diff(repo, tmp_path):
 def test_same_seed_twice_gives_byte_identical_metrics(repo, tmp_path):
     """A second run of the whole experiment from scratch, elsewhere: the same metrics bytes."""
     again = tmp_path / "again"
-    shutil.copytree(REPO, again, ignore=_ignore, symlinks=True)
+    shutil.copytree(REPO, again, ignore=ignore_outputs, symlinks=True)
     shutil.copy(repo / "params.yaml", again / "params.yaml")  # as edited by the fixture and earlier tests
     snakemake(repo, "--cores", "2", TARGET)  # brings the first copy up to date with those params
     snakemake(again, "--cores", "2", TARGET)

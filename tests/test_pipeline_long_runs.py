@@ -7,7 +7,6 @@ whole process group); missing and failed intermediates are rebuilt; a failed `dv
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,47 +16,44 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_pipeline import (
+from helpers import (
     EXPERIMENT,
     METHODS,
+    REPO,
     TARGET,
     TIMEOUT,
-    _env,
-    _ignore,
     edit_params,
+    ignore_outputs,
+    pipeline_env,
     planned,
     sh,
     snakemake,
-    tiny_params,
+    tiny_experiment,
+    training_pid,
+    without_timing,
 )
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 8
 RUN_FILES = ("model.pt", "run.json", "train_log.jsonl", "eval_log.jsonl", "eval.json", "routes.json")
-TIMING = ("wall_time", "sps")
 
 
 def long_tiny(raw: dict) -> dict:
     """The tiny experiment with enough epochs to be interrupted between two checkpoints."""
-    tiny_params(raw)
+    tiny_experiment(raw)
     raw["presets"]["tiny"].update(epochs=EPOCHS, eval_every=2, checkpoint_every=1)
     return raw
 
 
 def new_copy(path: Path) -> Path:
-    shutil.copytree(REPO, path, ignore=_ignore, symlinks=True)
+    shutil.copytree(REPO, path, ignore=ignore_outputs, symlinks=True)
     edit_params(path, long_tiny)
     return path
 
 
 def run_dir(repo: Path, method: str) -> Path:
     return repo / "results" / EXPERIMENT / method / "seed0"
-
-
-def without_timing(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -78,27 +74,10 @@ def same_as_reference(repo: Path, reference: Path) -> None:
     assert (repo / name).read_bytes() == (reference / name).read_bytes()
 
 
-def training_pid(repo: Path, method: str) -> int | None:
-    """The pid of the `python -m d2r train` process of this copy's run of `method`."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if (b"d2r" in cmd and b"train" in cmd and b"--method" in cmd
-                and cmd[cmd.index(b"--method") + 1] == method.encode() and Path(cwd) == repo
-                and Path(cmd[0].decode()).name.startswith("python")):
-            return int(proc.name)
-    return None
-
-
 def start_pipeline(repo: Path) -> subprocess.Popen:
     """snakemake in its own process group (as a terminal's foreground job), SIGINT not ignored."""
     log = open(repo / "snakemake.out", "w")
-    return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=_env(),
+    return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=pipeline_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -182,7 +161,7 @@ def test_after_a_failed_job_what_was_built_from_its_outputs_is_rebuilt(reference
     job.write_text(code.replace("def run(args) -> int:\n",
                                 "def run(args) -> int:\n    if args.method == 'mtsac':\n"
                                 "        raise SystemExit('error: failed on purpose')\n", 1))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=_env(),
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=pipeline_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode != 0
     log = (repo / "logs" / EXPERIMENT / "mtsac" / "seed0" / "evaluate.log").read_text()
@@ -216,7 +195,7 @@ def test_bad_parameters_give_the_jobs_one_line_through_snakemake(reference, tmp_
     for cmd in ([sys.executable, "-m", "snakemake", "-n", TARGET],
                 [sys.executable, "-m", "d2r", "train", "--experiment", EXPERIMENT, "--method", "d2r", "--seed", "0",
                  "--out", "results/x"]):
-        proc = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        proc = subprocess.run(cmd, cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         ours = [line for line in (proc.stdout + proc.stderr).splitlines() if not line.startswith("Using workflow")]
         assert ours == [message], ours
@@ -224,7 +203,7 @@ def test_bad_parameters_give_the_jobs_one_line_through_snakemake(reference, tmp_
 
 
 def test_failed_dvc_runs_delete_nothing(reference, tmp_path):
-    if shutil.which("dvc", path=_env()["PATH"]) is None:
+    if shutil.which("dvc", path=pipeline_env()["PATH"]) is None:
         pytest.skip("dvc is not installed")
     repo = tmp_path / "repo"
     shutil.copytree(reference, repo, symlinks=True)
@@ -241,12 +220,12 @@ def test_failed_dvc_runs_delete_nothing(reference, tmp_path):
                *(f"results/{EXPERIMENT}/{m}/seed0/{f}" for m in METHODS for f in RUN_FILES)]
     before = {rel: (repo / rel).read_bytes() for rel in outputs}
     proc = subprocess.run(["dvc", "exp", "run", "-S", "presets.tiny.updates_per_epoch=-1", f"experiment@{EXPERIMENT}"],
-                          cwd=repo, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+                          cwd=repo, env=pipeline_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode != 0
     assert "error: params.yaml: presets.tiny.updates_per_epoch: -1 is less than the minimum of 0" in proc.stdout + proc.stderr
     assert {rel: (repo / rel).read_bytes() for rel in outputs if (repo / rel).exists()} == before
     assert "updates_per_epoch: -1" in (repo / "params.yaml").read_text()  # dvc exp run -S leaves it (README)
-    proc = subprocess.run(["dvc", "repro", f"experiment@{EXPERIMENT}"], cwd=repo, env=_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT)
+    proc = subprocess.run(["dvc", "repro", f"experiment@{EXPERIMENT}"], cwd=repo, env=pipeline_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode != 0
     assert {rel: (repo / rel).read_bytes() for rel in outputs if (repo / rel).exists()} == before

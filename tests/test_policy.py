@@ -89,6 +89,7 @@ def test_load_policy_refuses_a_run_it_cannot_rebuild(trained, tmp_path):
         d2r.load_policy(other)
 
 
+@pytest.mark.slow
 def test_evaluate_job_writes_both_protocols(trained, tmp_path):
     """eval.json: the paper's protocol at the top, Meta-World's under "metaworld", labelled. The
     run is rebuilt from its run.json: with today's params.yaml at other network sizes (the paper's)

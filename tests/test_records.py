@@ -5,13 +5,14 @@ DVC: tests/test_dvc.py."""
 from __future__ import annotations
 
 import json
+from fnmatch import fnmatch
 
 import pytest
 import yaml
 from conftest import REPO
 
 from d2r.config import parse_params
-from d2r.pipeline import records
+from d2r.pipeline import layout, records
 from d2r.pipeline.layout import Job, experiment_jobs
 
 EXPERIMENT = "smoke"
@@ -143,6 +144,47 @@ def test_a_record_is_where_the_layout_puts_it():
     assert Job("report", "e").record == "results/e/records/report.json"
     with pytest.raises(ValueError):
         Job("evaluate", "e")
+
+
+def test_logs_and_benchmarks_are_where_the_layout_puts_them():
+    train = Job("train", "e", "d2r", "3")
+    assert (train.log, train.benchmark) == ("logs/e/d2r/seed3/train.log", "benchmarks/runs/e/d2r/seed3/train.tsv")
+    assert (Job("setup", "e").log, Job("report", "e").benchmark) == ("logs/e/setup.log", "benchmarks/runs/e/report.tsv")
+    assert (Job("paper").log, Job("paper").benchmark) == ("logs/paper.log", "benchmarks/runs/paper.tsv")
+
+
+def layout_files(jobs) -> list[str]:
+    """Every path the layout gives these jobs: outputs, build records, logs and benchmarks."""
+    return [path for job in jobs for path in (*job.outputs().values(), job.record, job.log, job.benchmark)]
+
+
+def with_videos(raw):
+    raw["experiments"][EXPERIMENT]["render"] = {"enabled": True}
+
+
+def test_dvc_yaml_outs_are_the_layouts():
+    """dvc.yaml spells the outputs of the stage experiment@E by hand (DVC reads no Python): they are
+    the experiment's results, logs and benchmarks and its report's outputs, and hold every file of
+    every job of the experiment."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["experiment"]["do"]
+    outs = [(next(iter(out)) if isinstance(out, dict) else out).replace("${item}", EXPERIMENT) for out in stage["outs"]]
+    report = Job("report", EXPERIMENT)
+    assert sorted(outs) == sorted([report.experiment_dir, f"{layout.LOGS}/{EXPERIMENT}",
+                                   f"{layout.BENCHMARKS}/{EXPERIMENT}", *report.outputs().values()])
+    jobs = experiment_jobs(params_with(with_videos), EXPERIMENT)
+    assert {job.name for job in jobs} == set(layout.JOBS) - {layout.PAPER}
+    outside = [path for path in layout_files(jobs) if not any(path == o or path.startswith(o + "/") for o in outs)]
+    assert not outside, f"not in dvc.yaml's outs: {outside}"
+
+
+def test_make_clean_removes_every_file_of_the_layout():
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\nclean:\n", 1)[1].splitlines()[0].split()
+    assert recipe[:2] == ["rm", "-rf"]
+    jobs = [*experiment_jobs(params_with(with_videos), EXPERIMENT), Job(layout.PAPER)]
+    kept = [path for path in layout_files(jobs)
+            if not any(fnmatch(path, p) or path.startswith(p + "/") for p in recipe[2:])]
+    assert not kept, f"`make clean` leaves {kept}"
 
 
 def test_the_paper_table_is_made_from_the_metrics_there_are(tree, tmp_path):

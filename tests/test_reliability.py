@@ -40,12 +40,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import ROOT, tiny_params
+from helpers import (
+    REPO,
+    filled_buffer,
+    make_agent,
+    nan_after_policy_step,
+    nan_gradient,
+    nan_parameter,
+    on_update,
+    tiny_params,
+)
 
 from d2r import cli
 from d2r.runtime import io as d2r_io
 from d2r.runtime.checkpoint import CheckpointError, load_checkpoint_file, load_latest_checkpoint, save_checkpoint
-from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer
 
 EPOCHS = 3  # warm-up epoch 1, updates 1-3 in epoch 2 and 4-6 in epoch 3; a checkpoint every epoch
@@ -64,7 +72,7 @@ def evaluate_args(params: Path, run: Path) -> list[str]:
 
 def d2r(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "d2r", *args], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+                          cwd=REPO)
 
 
 def train_and_evaluate(params: Path, out: Path) -> Path:
@@ -262,46 +270,6 @@ def run_training(params: Path, out: Path, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def on_update(monkeypatch, number: int, action) -> None:
-    """Call action(agent, batch) -> batch before the `number`-th update (1-based) of the run."""
-    original, calls = MultiTaskSAC.update, [0]
-
-    def update(agent, batch):
-        calls[0] += 1
-        return original(agent, action(agent, batch) if calls[0] == number else batch)
-
-    monkeypatch.setattr(MultiTaskSAC, "update", update)
-
-
-def nan_gradient(agent, batch):
-    next(agent.q1.parameters()).register_hook(lambda grad: grad * float("nan"))
-
-    def step(*args, **kwargs):  # never reached: the check comes before the step
-        raise AssertionError("stepped with a NaN gradient")
-
-    agent.q_optim.step = step
-    return batch
-
-
-def nan_parameter(agent, batch):
-    with torch.no_grad():
-        dict(agent.q2.named_parameters())["head.weight"][0, 0] = float("nan")
-    return batch
-
-
-def nan_after_policy_step(agent, batch):
-    step = agent.policy_optim.step
-
-    def broken_step(*args, **kwargs):  # a step that writes a NaN (a faulty kernel, say)
-        result = step(*args, **kwargs)
-        with torch.no_grad():
-            next(agent.policy.parameters()).view(-1)[0] = float("nan")
-        return result
-
-    agent.policy_optim.step = broken_step
-    return batch
-
-
 def huge_states_for_first_task(agent, batch):
     state = batch.state.clone()
     state[: len(state) // agent.num_tasks] = 3e38  # finite, but overflows inside the networks
@@ -391,8 +359,6 @@ def test_nan_transitions_of_one_task_skip_it_and_are_logged(params, tmp_path, mo
 def test_a_nan_task_contributes_nothing_to_the_update():
     """A task dropped for NaN rewards leaves the critics exactly as a task dropped by the paper's
     extreme-loss threshold does: its rows change neither the loss nor any gradient."""
-    from test_agent import filled_buffer, make_agent
-
     agent = make_agent()
     batch = filled_buffer(agent).sample(8)  # 3 tasks x 8
     init, optim = copy.deepcopy(agent.state_dict()), copy.deepcopy(agent.optimizer_state())
@@ -453,7 +419,7 @@ def test_writer_killed_mid_write_leaves_old_or_new_never_a_part(tmp_path):
     path = tmp_path / "big.bin"
     a, b = b"a" * (8 << 20), b"b" * (8 << 20)
     d2r_io.atomic_write_bytes(path, a)
-    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from d2r.runtime.io import atomic_write_bytes\n"
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from d2r.runtime.io import atomic_write_bytes\n"
               f"a, b = b'a' * (8 << 20), b'b' * (8 << 20)\n"
               f"print('go', flush=True)\n"
               f"while True:\n    atomic_write_bytes({str(path)!r}, b)\n    atomic_write_bytes({str(path)!r}, a)\n")
@@ -480,6 +446,7 @@ def without_wall_time(path: Path):
     return d2r_io.dump_json(data)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_outputs(params, reference, tmp_path):
     again = train_and_evaluate(params, tmp_path / "run")
     assert (again / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()

@@ -73,6 +73,7 @@ def _digest(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_render_video(backend_ready, tiny_run):
     import imageio_ffmpeg
     import numpy as np
@@ -97,6 +98,7 @@ def test_render_video(backend_ready, tiny_run):
     assert {k: v for k, v in after.items() if not k.startswith("videos/")} == before
 
 
+@pytest.mark.slow
 def test_rendered_episode_is_the_evaluated_one(backend_ready, tiny_run, tmp_path):
     """Fixed goals and a greedy policy: the rendered episode (its own env stream) is the episode the
     final evaluation runs, step for step, so rendering changes nothing in the dynamics it shows."""
@@ -111,6 +113,7 @@ def test_rendered_episode_is_the_evaluated_one(backend_ready, tiny_run, tmp_path
     assert video["success"] == (ev["success"][TASK] > 0.5)
 
 
+@pytest.mark.slow
 def test_no_backend_is_one_clear_line(tiny_run, tmp_path):
     """GLFW without a display cannot render: the job stops with one line saying what to do."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}

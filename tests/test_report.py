@@ -165,6 +165,7 @@ def test_report_imports_no_training_code(synthetic_report):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_report_ablation_section(synthetic_report, tmp_path):
     """Several D2R variants in one experiment: the report compares them in their own section."""
     import shutil
@@ -233,6 +234,7 @@ def test_summary_states_runs_and_warns(synthetic_report):
     assert "68.8%" in summary and "P(X &gt; Y)" in summary and "0.79" in summary
 
 
+@pytest.mark.slow
 def test_no_warning_box_when_runs_separate(tmp_path):
     """Many runs and a clear gap: the statistics do not warn (the warning is not always there)."""
     import shutil
@@ -300,6 +302,7 @@ def test_summary_returns_protocols_and_best(synthetic_report):
     assert d2r_returns["y"][-1] == pytest.approx(100.0)         # conftest: 100 at the last evaluation
 
 
+@pytest.mark.slow
 def test_all_zero_success_bolds_nothing_and_says_why(tmp_path):
     """Every method at 0%: no 'best' method, and a note that this is expected at a small budget."""
     from conftest import write_synthetic_results
@@ -361,6 +364,7 @@ def test_depth_over_training_one_panel_per_task(synthetic_report):
     assert {n for _, n in axes} == {"route depth", "modules used"}
 
 
+@pytest.mark.slow
 def test_depth_difficulty_labels_do_not_overlap(tmp_path, synthetic_report):
     """Every task fails everywhere: all share difficulty 1. Points are moved apart, and no two
     written labels sit on top of each other (crowded points keep their name as hover text)."""
@@ -423,6 +427,7 @@ def test_videos_embedded(synthetic_report):
     assert "video.d2r-video" in text    # the play-when-visible script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("enabled, expected", [(False, "Videos are off"), (True, "No videos: <code>render.enabled")])
 def test_report_without_videos_says_so(tmp_path, synthetic_report, enabled, expected):
     import yaml

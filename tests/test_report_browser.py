@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import chromium_binary
 
+pytestmark = pytest.mark.slow
+
 APT_TIMEOUT = 900
 
 
@@ -131,8 +133,7 @@ def test_report_screenshot(chromium, synthetic_report, tmp_path):
 def test_dvc_plots_page_draws_offline(chromium, tmp_path):
     """`dvc plots show` with the project's page template (make install writes it; .dvc/config) draws
     the learning curves with no network: Vega is inlined, no <script src> to a CDN."""
-    from conftest import REPO
-    from test_pipeline import _env
+    from helpers import REPO, pipeline_env
 
     repo = tmp_path / "repo"
     for rel in ("dvc.yaml", ".dvcignore", "workflow/plots/learning_curves.json"):
@@ -143,7 +144,7 @@ def test_dvc_plots_page_draws_offline(chromium, tmp_path):
     curves.write_text("method,task,env_steps,success\n" + "".join(
         f"{m},{t},{x},{y}\n" for m in ("d2r", "mtsac") for t in ("(mean over tasks)", "reach")
         for x, y in ((0, 0.0), (1000, 0.5))))
-    env = _env()
+    env = pipeline_env()
     for cmd in (["dvc", "init", "--no-scm", "-q"], ["dvc", "config", "core.analytics", "false"],
                 [sys.executable, str(REPO / "workflow/plots/offline_template.py"), ".dvc/plots.html"],
                 ["dvc", "config", "plots.html_template", "plots.html"], ["dvc", "plots", "show"]):

@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_long_runs import signal_at, without_timing
-from test_reliability import nan_gradient, on_update
-from test_train import ROOT, tiny_params
+from helpers import REPO, nan_gradient, on_update, signal_at, tiny_params, without_timing
 
 from d2r import cli
 from d2r.config import load_params
@@ -182,9 +180,9 @@ def test_a_group_job_sigtermed_from_outside_resumes_every_seed_exactly(params, t
         return [sys.executable, "-m", "d2r", *train_args(params, str(out / "seed{seed}"), *SEEDS), "--threads", "1"]
 
     full = tmp_path / "full"
-    subprocess.run(command(full), check=True, capture_output=True, timeout=600, cwd=ROOT)
+    subprocess.run(command(full), check=True, capture_output=True, timeout=600, cwd=REPO)
     out = tmp_path / "stopped"
-    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     marker = out / "seed1" / "checkpoints" / "ckpt-0000001.json"
     deadline = time.time() + 300
     while not marker.exists():
@@ -197,7 +195,7 @@ def test_a_group_job_sigtermed_from_outside_resumes_every_seed_exactly(params, t
     stops = [line.split(":")[0] for line in err.splitlines() if ": stopped by SIGTERM " in line]
     assert sorted(stops) == ["seed 0", "seed 1"], err  # each at its own next safe point, in either order
     assert not (out / "seed1" / "model.pt").exists()
-    rerun = subprocess.run(command(out), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    rerun = subprocess.run(command(out), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert rerun.returncode == 0, rerun.stderr
     for seed in SEEDS:
         same_run(out / f"seed{seed}", full / f"seed{seed}")

@@ -5,7 +5,6 @@ nothing."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,20 +14,30 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_pipeline import EXPERIMENT, TARGET, TIMEOUT, _env, _ignore, edit_params, planned, snakemake, tiny_params
-from test_pipeline_long_runs import training_pid
+from helpers import (
+    EXPERIMENT,
+    REPO,
+    TARGET,
+    TIMEOUT,
+    edit_params,
+    ignore_outputs,
+    pipeline_env,
+    planned,
+    snakemake,
+    tiny_experiment,
+    training_pid,
+    without_timing,
+)
 
 pytestmark = pytest.mark.slow
 
 SEEDS = [0, 1]
 GROUP_RULE = f"train-{EXPERIMENT}-d2r-seeds0-1"
-TIMING = ("wall_time", "sps")
 
 
 def grouped(seeds_per_job: int):
     def change(raw: dict) -> dict:
-        tiny_params(raw)
+        tiny_experiment(raw)
         raw["presets"]["tiny"].update(epochs=6, eval_every=2, checkpoint_every=1)
         raw["experiments"][EXPERIMENT].update(methods=["d2r"], seeds=list(SEEDS), seeds_per_job=seeds_per_job)
         return raw
@@ -36,17 +45,13 @@ def grouped(seeds_per_job: int):
 
 
 def new_copy(path: Path, seeds_per_job: int) -> Path:
-    shutil.copytree(REPO, path, ignore=_ignore, symlinks=True)
+    shutil.copytree(REPO, path, ignore=ignore_outputs, symlinks=True)
     edit_params(path, grouped(seeds_per_job))
     return path
 
 
 def run_dir(repo: Path, seed: int) -> Path:
     return repo / "results" / EXPERIMENT / "d2r" / f"seed{seed}"
-
-
-def without_timing(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,7 @@ def test_a_group_job_trains_each_seed_as_alone_and_resumes_after_sigterm(solo, t
     assert planned(repo) == {"setup": 1, GROUP_RULE: 1, "evaluate": 2, "analyse": 2, "report": 1}
 
     log = open(repo / "snakemake.out", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=pipeline_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         marker = run_dir(repo, 1) / "checkpoints" / f"ckpt-{3:07d}.json"

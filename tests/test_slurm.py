@@ -37,8 +37,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from test_pipeline import EXPERIMENT, METHODS, TARGET, _env, _ignore, edit_params, tiny_params
+from helpers import EXPERIMENT, METHODS, REPO, TARGET, edit_params, ignore_outputs, pipeline_env, tiny_experiment
 
 from d2r.config import DEFAULT_CLUSTER_RESOURCES, ParamsError, load_params, parse_params
 from d2r.pipeline.layout import Job, job_params
@@ -367,7 +366,7 @@ def test_cluster_errors_name_the_key(change, message):
 
 
 def slurm_params(raw: dict) -> dict:
-    raw = tiny_params(raw)
+    raw = tiny_experiment(raw)
     raw["presets"]["tiny"].update(epochs=EPOCHS, checkpoint_every=CHECKPOINT_EVERY, eval_every=10)
     raw.setdefault("cluster", {})["tiny"] = dict(TINY_CLUSTER)
     return raw
@@ -404,10 +403,10 @@ def sacct(cluster: SlurmCluster, run_id: str, *extra: str) -> tuple[str, list[di
 @pytest.mark.slow
 def test_pipeline_on_slurm(slurm, tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(REPO, repo, ignore=_ignore, symlinks=True)
+    shutil.copytree(REPO, repo, ignore=ignore_outputs, symlinks=True)
     edit_params(repo, slurm_params)
     site_profile(repo)
-    env = dict(_env(), SLURM_CONF=str(slurm.conf))
+    env = dict(pipeline_env(), SLURM_CONF=str(slurm.conf))
     env["PATH"] = env["PATH"] + os.pathsep + "/usr/sbin:/sbin"
     log_path = tmp_path / "snakemake.log"
     cmd = [sys.executable, "-m", "snakemake", TARGET, "--profile", "profiles/slurm",

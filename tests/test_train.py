@@ -4,35 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_params(tmp_path: Path, epochs: int = 6) -> Path:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["device"] = "cpu"
-    raw["nets"]["d2r"].update(encoder=[32, 32], num_modules=4, width=16, router_hidden=[16])
-    raw["presets"]["tiny"] = dict(epochs=epochs, warmup_epochs=1, min_replay=0, updates_per_epoch=3,
-                                  batch_per_task=8, replay_size=4000, eval_every=2, eval_episodes=1,
-                                  checkpoint_every=1)
-    raw["experiments"] = {"tiny": dict(benchmark="MT10", tasks=["reach", "drawer-close"], goal_mode="random",
-                                       methods=["d2r"], seeds=[0], preset="tiny", final_eval_episodes=1,
-                                       metaworld_eval_episodes=1)}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def train_cmd(params: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "d2r", "train", "--params", str(params), "--experiment", "tiny",
-            "--method", "d2r", "--seed", "0", "--out", str(out), "--no-progress"]
+from helpers import tiny_params, train_cmd
 
 
 def epochs_logged(path: Path) -> list[int]:
@@ -80,7 +58,7 @@ def test_training_writes_its_outputs(uninterrupted):
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["ckpt-0000005.pt", "ckpt-0000006.pt"]
 
 
-@pytest.mark.parametrize("kill_after", [1, 4])
+@pytest.mark.parametrize("kill_after", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_killed_run_resumes_and_matches_uninterrupted(uninterrupted, tmp_path, kill_after):
     params, full = uninterrupted
     out = tmp_path / "run"
@@ -100,6 +78,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(uninterrupted, tmp_path, k
     assert strip(out / "eval_log.jsonl") == strip(full / "eval_log.jsonl")
 
 
+@pytest.mark.slow
 def test_overlapped_collection_same_with_sync_and_async_envs_and_after_a_kill(tmp_path):
     """Collection in a background thread during updates, with every task's env in this process
     (sync) or in a worker process per task (async): the same weights and logs for one seed (the

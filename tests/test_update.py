@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_agent import SAC, d2r_method, filled_buffer, make_agent
+from helpers import SAC, d2r_method, filled_buffer, make_agent
 
 from d2r.sac.agent import MultiTaskSAC
 

@@ -1,6 +1,6 @@
 """The pipeline's jobs, defined once: what each job reads, writes and depends on in params.yaml.
 
-The Snakemake rules take their outputs and inputs from here; each job writes a build record of
+The Snakemake rules take their outputs, inputs, logs and benchmarks from here; each job writes a build record of
 what it was made from (d2r.pipeline.records) with the same definitions, its parameters among them; and the
 freshness check of every job Snakemake plans compares the two. No torch and no simulator (the Snakefile imports it).
 
@@ -13,6 +13,13 @@ freshness check of every job Snakemake plans compares the two. No torch and no s
     reports/E.html, metrics/E.json,           report     (record: results/E/records/report.json)
         reports/E.timing.json, reports/curves/E.csv
     reports/paper.html                        paper      (record: results/records/paper.json)
+
+Each job's log (what it prints) and Snakemake's benchmark of it (wall time, memory) lie beside
+the results, in the same places under logs/ and benchmarks/runs/:
+
+    logs/E/M/seedS/<job>.log, benchmarks/runs/E/M/seedS/<job>.tsv     train, evaluate, analyse, render
+    logs/E/<job>.log,         benchmarks/runs/E/<job>.tsv             setup, report
+    logs/paper.log,           benchmarks/runs/paper.tsv               paper
 
 The paper table is the one job of no experiment: it reads the metrics of every experiment of
 params.yaml that has them on disk when it is planned or run (metrics/E.json; none is built for
@@ -33,6 +40,8 @@ from d2r.config import Params
 from d2r.runtime import rundir
 
 RESULTS = "results"
+LOGS = "logs"                     # each job's log: what it prints
+BENCHMARKS = "benchmarks/runs"    # Snakemake's benchmark of each job: wall time, memory
 RECORDS = "records"          # each job's build record, beside its outputs (shared by DVC with them)
 #: the jobs of one run (experiment, method, seed); setup and report are one per experiment
 RUN_JOBS = ("train", "evaluate", "analyse", "render")
@@ -65,15 +74,38 @@ class Job:
         return f"{self.name} {where}"
 
     @property
+    def experiment_dir(self) -> str:
+        """results/E: the experiment's results (the report reads them all)."""
+        return f"{RESULTS}/{self.experiment}"
+
+    @property
     def run_dir(self) -> str:
-        return str(rundir.run_path(f"{RESULTS}/{self.experiment}", self.method, self.seed))
+        return str(rundir.run_path(self.experiment_dir, self.method, self.seed))
 
     @property
     def record(self) -> str:
         """The job's build record (d2r.pipeline.records)."""
-        base = (self.run_dir if self.name in RUN_JOBS else RESULTS if self.name == PAPER
-                else f"{RESULTS}/{self.experiment}")
+        base = self.run_dir if self.name in RUN_JOBS else RESULTS if self.name == PAPER else self.experiment_dir
         return f"{base}/{RECORDS}/{self.name}.json"
+
+    @property
+    def log(self) -> str:
+        """What the job prints (its stdout and stderr)."""
+        return self._beside_results(LOGS, ".log")
+
+    @property
+    def benchmark(self) -> str:
+        """Snakemake's benchmark of the job (wall time, memory)."""
+        return self._beside_results(BENCHMARKS, ".tsv")
+
+    def _beside_results(self, root: str, suffix: str) -> str:
+        """root/E/M/seedS/<job><suffix> for a run's job, root/E/<job><suffix> for an experiment's,
+        root/<job><suffix> for the paper table."""
+        if self.name in RUN_JOBS:
+            root = str(rundir.run_path(f"{root}/{self.experiment}", self.method, self.seed))
+        elif self.experiment is not None:
+            root = f"{root}/{self.experiment}"
+        return f"{root}/{self.name}{suffix}"
 
     def outputs(self) -> dict[str, str]:
         """The files (render: a directory) the job writes, by name; its record not included."""
@@ -175,6 +207,20 @@ def job_params(job: Job, params: Params) -> dict[str, Any]:
     raw = {key: value for key, value in raw.items() if key != "seeds_per_job"}
     return {"experiment": raw, "methods": {m: params.raw["methods"][m] for m in raw["methods"]},
             "videos": params.render_config(job.experiment).enabled}
+
+
+def group_label(seeds) -> str:
+    """seeds0-1: a training job of several seeds, in its rule's name and its log's folder."""
+    return "seeds" + "-".join(str(s) for s in seeds)
+
+
+def group_log(experiment: str, method: str, seeds) -> str:
+    """What a training job of several seeds prints (one log for the group)."""
+    return f"{LOGS}/{experiment}/{method}/{group_label(seeds)}/train.log"
+
+
+def group_benchmark(experiment: str, method: str, seeds) -> str:
+    return f"{BENCHMARKS}/{experiment}/{method}/{group_label(seeds)}/train.tsv"
 
 
 def seed_groups(params: Params, experiment: str) -> list[tuple[int, ...]]:

@@ -9,14 +9,14 @@ rule analyse:
     output:
         **job_outputs("analyse"),
     log:
-        "logs/{experiment}/{method}/seed{seed}/analyse.log",
+        job_log("analyse"),
     benchmark:
-        "benchmarks/runs/{experiment}/{method}/seed{seed}/analyse.tsv"
+        job_benchmark("analyse")
     threads: 1
     resources:
         gpu=0,
     shell:
         "{PYTHON} -m d2r analyse --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
-        " --run-dir results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
+        f" --run-dir {RUN_DIR}"
         " --out {output.routes} --record {output.record} > {log} 2>&1"

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
-from d2r.pipeline.layout import PAPER, RUN_JOBS, Job, seed_groups
+from d2r.pipeline.layout import PAPER, RUN_JOBS, Job, group_benchmark, group_label, group_log, seed_groups
 from d2r.pipeline.layout import inputs as pipeline_inputs
 from d2r.pipeline.records import Freshness
 from d2r.pipeline.sources import job_sources
@@ -51,7 +51,8 @@ SOURCES = {job: job_sources(job) for job in ("setup", *RUN_JOBS, "report", PAPER
 
 
 # ---------------------------------------------------------------------------------------------
-# Outputs and inputs of each rule, from d2r.pipeline.layout.
+# Outputs, inputs, logs and benchmarks of each rule, and the directories its command names, from
+# d2r.pipeline.layout.
 
 
 def job_of(name: str, wildcards) -> Job:
@@ -76,6 +77,23 @@ def job_outputs_of(job: Job) -> dict:
     if job.name == "render":
         outputs["videos"] = directory(outputs["videos"])
     return outputs
+
+
+def job_log(name: str) -> str:
+    """A rule's log: what its job prints."""
+    return job_of(name, PATTERNS).log
+
+
+def job_benchmark(name: str) -> str:
+    """A rule's benchmark: Snakemake's measurement of its job (wall time, memory)."""
+    return job_of(name, PATTERNS).benchmark
+
+
+# The same patterns in a rule's shell command: results/E/M/seedS (one run's directory) and results/E.
+SHELL_PATTERNS = SimpleNamespace(experiment="{wildcards.experiment}", method="{wildcards.method}",
+                                 seed="{wildcards.seed}")
+RUN_DIR = job_of("train", SHELL_PATTERNS).run_dir
+EXPERIMENT_DIR = job_of("report", SHELL_PATTERNS).experiment_dir
 
 
 def job_inputs(name: str):
@@ -173,11 +191,7 @@ def train_groups():
 
 
 def group_rule_name(experiment: str, method: str, seeds) -> str:
-    return f"train-{experiment}-{method}-seeds{'-'.join(map(str, seeds))}"
-
-
-def group_path(base: str, experiment: str, method: str, seeds, name: str) -> str:
-    return f"{base}/{experiment}/{method}/seeds{'-'.join(map(str, seeds))}/{name}"
+    return f"train-{experiment}-{method}-{group_label(seeds)}"
 
 
 def group_outputs(experiment: str, method: str, seeds) -> dict:

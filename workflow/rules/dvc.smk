@@ -56,7 +56,7 @@ def warn_if_unrecorded() -> None:
         locked = set()
     for experiment in sorted(experiments):
         stage = f"experiment@{experiment}"
-        if stage not in locked and os.path.isdir(f"results/{experiment}"):
+        if stage not in locked and os.path.isdir(Job("report", experiment).experiment_dir):
             sys.stderr.write(f"note: {stage} is not recorded in dvc.lock yet: finish it with the same command "
                              f"(or `dvc repro {stage}`) before any `dvc exp run`, which would delete its results\n")
 

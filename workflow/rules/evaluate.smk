@@ -9,9 +9,9 @@ rule evaluate:
     output:
         **job_outputs("evaluate"),
     log:
-        "logs/{experiment}/{method}/seed{seed}/evaluate.log",
+        job_log("evaluate"),
     benchmark:
-        "benchmarks/runs/{experiment}/{method}/seed{seed}/evaluate.tsv"
+        job_benchmark("evaluate")
     threads: 1
     resources:
         gpu=job_gpus,
@@ -21,5 +21,5 @@ rule evaluate:
     shell:
         "{PYTHON} -m d2r evaluate --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
-        " --run-dir results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
+        f" --run-dir {RUN_DIR}"
         " --out {output.eval} --record {output.record} > {log} 2>&1"

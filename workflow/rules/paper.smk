@@ -13,9 +13,9 @@ rule paper:
     output:
         **job_outputs("paper"),
     log:
-        "logs/paper.log",
+        job_log("paper"),
     benchmark:
-        "benchmarks/runs/paper.tsv"
+        job_benchmark("paper")
     threads: 1
     resources:
         gpu=0,

@@ -11,9 +11,9 @@ rule render:
     output:
         **job_outputs("render"),
     log:
-        "logs/{experiment}/{method}/seed{seed}/render.log",
+        job_log("render"),
     benchmark:
-        "benchmarks/runs/{experiment}/{method}/seed{seed}/render.tsv"
+        job_benchmark("render")
     threads: 1
     resources:
         gpu=0,   # the policy acts on the CPU; EGL, where used, needs no CUDA slot
@@ -22,5 +22,5 @@ rule render:
     shell:
         "{PYTHON} -m d2r render --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
-        " --run-dir results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
+        f" --run-dir {RUN_DIR}"
         " --out {output.videos} --record {output.record} > {log} 2>&1"

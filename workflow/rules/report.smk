@@ -10,14 +10,15 @@ rule report:
     output:
         **job_outputs("report"),
     log:
-        "logs/{experiment}/report.log",
+        job_log("report"),
     benchmark:
-        "benchmarks/runs/{experiment}/report.tsv"
+        job_benchmark("report")
     threads: 1
     resources:
         gpu=0,
     shell:
         "{PYTHON} -m d2r report --params {PARAMS_FILE} --experiment {wildcards.experiment}"
-        " --results results/{wildcards.experiment} --out {output.html} --metrics {output.metrics}"
+        f" --results {EXPERIMENT_DIR}"
+        " --out {output.html} --metrics {output.metrics}"
         " --timing {output.timing} --curves {output.curves} --videos {input.videos}"
         " --record {output.record} > {log} 2>&1"

@@ -10,9 +10,9 @@ rule setup:
     output:
         **job_outputs("setup"),
     log:
-        "logs/{experiment}/setup.log",
+        job_log("setup"),
     benchmark:
-        "benchmarks/runs/{experiment}/setup.tsv"
+        job_benchmark("setup")
     priority: 100
     threads: 1
     resources:

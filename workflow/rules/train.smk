@@ -21,9 +21,9 @@ rule train:
     output:
         **job_outputs("train"),
     log:
-        "logs/{experiment}/{method}/seed{seed}/train.log",
+        job_log("train"),
     benchmark:
-        "benchmarks/runs/{experiment}/{method}/seed{seed}/train.tsv"
+        job_benchmark("train")
     threads: train_threads
     resources:
         gpu=job_gpus,
@@ -35,7 +35,7 @@ rule train:
     shell:
         "{PYTHON} -m d2r train --params {PARAMS_FILE} --experiment {wildcards.experiment}"
         " --method {wildcards.method} --seed {wildcards.seed}"
-        " --out results/{wildcards.experiment}/{wildcards.method}/seed{wildcards.seed}"
+        f" --out {RUN_DIR}"
         " --record {output.record} > {log} 2>&1"
 
 
@@ -49,9 +49,9 @@ for _experiment, _method, _seeds in train_groups():
         output:
             **group_outputs(_experiment, _method, _seeds),
         log:
-            group_path("logs", _experiment, _method, _seeds, "train.log"),
+            group_log(_experiment, _method, _seeds),
         benchmark:
-            group_path("benchmarks/runs", _experiment, _method, _seeds, "train.tsv")
+            group_benchmark(_experiment, _method, _seeds)
         threads: lambda w, e=_experiment: train_threads(SimpleNamespace(experiment=e))
         resources:
             gpu=lambda w, e=_experiment: job_gpus(SimpleNamespace(experiment=e)),
