@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from d2r import bench  # noqa: E402
+from d2r import benchmark as bench  # noqa: E402
 from d2r import envs as mw  # noqa: E402
 
 MT10_TASKS = 10

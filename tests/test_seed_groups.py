@@ -99,8 +99,10 @@ def same_run(out: Path, reference: Path) -> None:
     assert got["replay"]["rng"] == want["replay"]["rng"]
 
 
-@pytest.mark.parametrize("method, overlap", [(m, False) for m in METHODS] + [("d2r", True)],
-                         ids=[*METHODS, "d2r-overlapped"])
+# D2R in the fast tier (make test-fast); the other methods and overlapped collection are `slow`.
+@pytest.mark.parametrize("method, overlap", [
+    pytest.param(m, False, id=m, marks=() if m == "d2r" else pytest.mark.slow) for m in METHODS
+] + [pytest.param("d2r", True, id="d2r-overlapped", marks=pytest.mark.slow)])
 def test_each_seed_of_a_group_equals_its_solo_run(params, tmp_path, tmp_path_factory, method, overlap):
     root = tmp_path_factory.getbasetemp()
     out_dirs = [tmp_path / f"seed{seed}" for seed in SEEDS]
@@ -173,6 +175,7 @@ def test_a_group_job_writes_one_build_record_per_seed(params, tmp_path, monkeypa
         assert f"results/tiny/d2r/seed{seed}/model.pt" in record["outputs"]
 
 
+@pytest.mark.slow
 def test_a_group_job_sigtermed_from_outside_resumes_every_seed_exactly(params, tmp_path):
     """The job as the pipeline runs it, in its own process: SIGTERM at whatever point it has reached
     once seed 1 wrote its first checkpoint; the rerun ends as the uninterrupted group does."""
