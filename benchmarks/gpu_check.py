@@ -20,7 +20,8 @@ rewritten after every step, so a kill loses only the step under way.
     off and on, sync and async envs;
  7. one periodic evaluation's cost; with 6, the paper's MT10 budget projected (in the table);
  8. the D2R graph update at 5 times the MT10 batch;
- 9. seed groups (d2r.sac.group) of S = 1 and 5 D2R agents, graph updates in turn: per-seed updates/s;
+ 9. seed groups (d2r.sac.group) of S = 1 and 5 D2R agents (1 and 2 in the dry run), graph updates
+    in turn: per-seed updates/s;
 10. three processes sharing the GPU, each timing D2R graph updates;
 11. env-steps/s of MT10 and MT50, sync and async vector envs, and act() per vector step;
 12. the learning runs until the budget's end: stopped, their evaluation logs collected.
@@ -72,6 +73,7 @@ class Sizes:
     blocks: int             # timed blocks (the median is reported; at least 3)
     profile_updates: int
     large_factor: int
+    group_sizes: tuple      # seeds per group in the seed-group step
     shared_seconds: float   # each sharing process times updates this long
     env_steps: int          # vector-env steps per timed block
     act_calls: int
@@ -84,10 +86,10 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(batch_per_task=128, fill=256, warm=5, calls=10, blocks=3, profile_updates=3, large_factor=5,
-                  shared_seconds=6.0, env_steps=60, act_calls=50, updates_per_epoch=200, epoch_blocks=3,
+                  group_sizes=(1, 5), shared_seconds=6.0, env_steps=60, act_calls=50, updates_per_epoch=200, epoch_blocks=3,
                   episode_steps=200, kill_updates=200, small_nets=False, learning_epochs=None)
 CPU_SIZES = Sizes(batch_per_task=16, fill=32, warm=5, calls=2, blocks=3, profile_updates=2, large_factor=5,
-                  shared_seconds=2.0, env_steps=20, act_calls=5, updates_per_epoch=3, epoch_blocks=3,
+                  group_sizes=(1, 2), shared_seconds=2.0, env_steps=20, act_calls=5, updates_per_epoch=3, epoch_blocks=3,
                   episode_steps=30, kill_updates=3, small_nets=True, learning_epochs=3)
 
 

@@ -216,11 +216,11 @@ def d2r_large_batch(params, sizes, device, deadline) -> dict:
 
 def seed_groups(params, sizes, device, deadline) -> dict:
     """A group of S D2R agents as the `train` job steps them (d2r.sac.group): one graph update of
-    each seed in turn, each in its own random streams; per-seed and total updates/s, S = 1 and 5."""
+    each seed in turn, each in its own random streams; per-seed and total updates/s, S in sizes.group_sizes."""
     from d2r.runtime.seeding import RandomStreams
 
     rows = {}
-    for size in (1, 5):
+    for size in sizes.group_sizes:
         if deadline.passed():
             rows[f"S={size}"] = {"skipped": "out of time"}
             continue
