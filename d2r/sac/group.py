@@ -63,6 +63,8 @@ class SeedGroup:
             # run draws); the streams as they are after that are this seed's from now on.
             trainer = Trainer(run, out_dir, progress=progress, stop=stop, device=device,
                               bar_position=position if len(runs) > 1 else None)
+            if len(runs) > 1:
+                trainer.prefix = f"seed {run.seed}: "
             self.members.append(Member(trainer, RandomStreams(device)))
 
     def train(self, on_end: Callable[[Member], None] | None = None) -> list[Member]:

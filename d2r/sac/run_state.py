@@ -117,7 +117,7 @@ def resume(trainer) -> bool:
             return False
         old = json.loads(state["config"])["experiment"]["budget"]["epochs"]
         if old != trainer.budget.epochs:
-            print(f"continuing the run of {old} epochs to {trainer.budget.epochs} epochs (epochs raised)",
+            print(f"{trainer.prefix}continuing the run of {old} epochs to {trainer.budget.epochs} epochs (epochs raised)",
                   file=sys.stderr)
     written_on = state.get("device", "cpu")  # (checkpoints from before the key: no GPU run had been made)
     if written_on != trainer.device.type:

@@ -51,6 +51,7 @@ class Trainer:
         self.code = code_digests("train")   # a checkpoint of other code is not resumed
         self.stop = stop
         self.bar_position = bar_position  # the progress bar's line (a group: one per seed)
+        self.prefix = ""  # before each line it prints: "seed N: " in a group of seeds (d2r.sac.group)
         seed_everything(run.seed)
 
         self.envs = make_run_envs(run, TRAIN_STREAM)
@@ -175,7 +176,7 @@ class Trainer:
                                   zip(self.tasks, skipped["nonfinite"], skipped["over_threshold"]) if n or m}
         for t, n in zip(self.tasks, skipped["nonfinite"]):
             if n:
-                print(f"warning: epoch {self.epoch + 1}: task {t!r} dropped from {n} of "
+                print(f"warning: {self.prefix}epoch {self.epoch + 1}: task {t!r} dropped from {n} of "
                       f"{self.budget.updates_per_epoch} updates: non-finite loss or sampled transitions "
                       f"(logged as skipped_tasks in {self.train_log.path.name})", file=sys.stderr)
         if bad:
@@ -220,7 +221,7 @@ class Trainer:
         Raises Stopped after a signal, NonFiniteError on a NaN/Inf."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.resume():
-            print(f"resuming from epoch {self.epoch} ({self.updates} updates done)", file=sys.stderr)
+            print(f"{self.prefix}resuming from epoch {self.epoch} ({self.updates} updates done)", file=sys.stderr)
         else:  # a fresh run: no log lines of an earlier one survive
             self.train_log.restore([])
             self.eval_log.restore([])
