@@ -231,14 +231,8 @@ def seed_groups(params, sizes, device, deadline) -> dict:
                 torch.manual_seed(seed)
                 agent, buf = ready_agent(params, "d2r", "on", sizes.batch_per_task, sizes, device)
                 members.append((agent, buf, RandomStreams(device)))
-            out = {}
-
-            def round_of_updates():
-                for agent, buf, streams in members:
-                    with streams:
-                        out[agent] = agent.update(buf.sample(sizes.batch_per_task))
-
-            times = block_times(round_of_updates, sizes.calls, sizes.blocks, device)
+            round_of_updates, out = bench.seed_group_round(members, sizes.batch_per_task), {}
+            times = block_times(lambda: out.update(round_of_updates()), sizes.calls, sizes.blocks, device)
             for agent, stats in out.items():
                 checked(agent, stats)
             rows[f"S={size}"] = {"round_ms": 1000 * median(times), "per_seed_updates_per_s": 1 / median(times),

@@ -139,12 +139,21 @@ def bench_seed_group(params, method: str, num_tasks: int, seeds: int, reps: int,
         agent = MultiTaskSAC(config, params.sac, mw.STATE_DIM, mw.ACTION_DIM, num_tasks, device)
         members.append((agent, filled_buffer(agent, num_tasks, 256, device), RandomStreams(device)))
 
-    def round_of_updates():
+    return _timed(seed_group_round(members, 128), reps, device)
+
+
+def seed_group_round(members: list, batch_per_task: int):
+    """One round of a group's updates as its training interleaves them (d2r.sac.group): each
+    (agent, replay buffer, RandomStreams) member updates once in turn, between its own random
+    streams. Returns that round as a function, which returns each agent's statistics."""
+    def round_of_updates() -> dict:
+        stats = {}
         for agent, buf, streams in members:
             with streams:
-                agent.update(buf.sample(128))
+                stats[agent] = agent.update(buf.sample(batch_per_task))
+        return stats
 
-    return _timed(round_of_updates, reps, device)
+    return round_of_updates
 
 
 @contextmanager

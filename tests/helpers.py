@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -130,6 +132,13 @@ def ignore_outputs(directory: str, names: list[str]) -> set[str]:
     if rel == Path("benchmarks"):
         skip |= {"runs"}
     return skip
+
+
+def repo_copy(path: Path, change) -> Path:
+    """A copy of the repository at `path`, without outputs, its params.yaml edited by `change`."""
+    shutil.copytree(REPO, path, ignore=ignore_outputs, symlinks=True)
+    edit_params(path, change)
+    return path
 
 
 def tiny_experiment(raw: dict) -> dict:
@@ -256,3 +265,21 @@ def training_pid(repo: Path, method: str) -> int | None:
                 and Path(cmd[0].decode()).name.startswith("python")):
             return int(proc.name)
     return None
+
+
+def start_pipeline(repo: Path) -> subprocess.Popen:
+    """snakemake for the tiny report in its own process group (as a terminal's foreground job),
+    SIGINT not ignored; its output in repo/snakemake.out."""
+    log = open(repo / "snakemake.out", "w")
+    return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=pipeline_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_for_file(path: Path, repo: Path, proc: subprocess.Popen) -> None:
+    """Until `path` exists (a checkpoint the running pipeline `proc` writes), or fail with its output."""
+    deadline = time.monotonic() + TIMEOUT
+    while not path.exists():
+        assert proc.poll() is None, (repo / "snakemake.out").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {path.name} in time"
+        time.sleep(0.05)

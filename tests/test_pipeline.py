@@ -33,6 +33,7 @@ from helpers import (
     ignore_outputs,
     pipeline_env,
     planned,
+    repo_copy,
     sh,
     snakemake,
     tiny_experiment,
@@ -49,8 +50,7 @@ RENDERING: dict[str, str] = {}     # "why": '' when the repo fixture renders vid
 def repo(tmp_path_factory) -> Path:
     """A copy of the repository with the tiny experiment, after one full run of its report."""
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    shutil.copytree(REPO, repo, ignore=ignore_outputs, symlinks=True)
-    edit_params(repo, tiny_experiment)
+    repo_copy(repo, tiny_experiment)
     RENDERING["why"] = mujoco_rendering()
     if not RENDERING["why"]:
         edit_params(repo, lambda raw: raw["experiments"][EXPERIMENT].update(render=dict(TINY_RENDER)))

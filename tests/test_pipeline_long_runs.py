@@ -12,24 +12,23 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from helpers import (
     EXPERIMENT,
     METHODS,
-    REPO,
     TARGET,
     TIMEOUT,
-    edit_params,
-    ignore_outputs,
     pipeline_env,
     planned,
+    repo_copy,
     sh,
     snakemake,
+    start_pipeline,
     tiny_experiment,
     training_pid,
+    wait_for_file,
     without_timing,
 )
 
@@ -47,9 +46,7 @@ def long_tiny(raw: dict) -> dict:
 
 
 def new_copy(path: Path) -> Path:
-    shutil.copytree(REPO, path, ignore=ignore_outputs, symlinks=True)
-    edit_params(path, long_tiny)
-    return path
+    return repo_copy(path, long_tiny)
 
 
 def run_dir(repo: Path, method: str) -> Path:
@@ -74,29 +71,12 @@ def same_as_reference(repo: Path, reference: Path) -> None:
     assert (repo / name).read_bytes() == (reference / name).read_bytes()
 
 
-def start_pipeline(repo: Path) -> subprocess.Popen:
-    """snakemake in its own process group (as a terminal's foreground job), SIGINT not ignored."""
-    log = open(repo / "snakemake.out", "w")
-    return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=pipeline_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def wait_for_checkpoint(repo: Path, proc: subprocess.Popen, method: str, epoch: int) -> None:
-    marker = run_dir(repo, method) / "checkpoints" / f"ckpt-{epoch:07d}.json"
-    deadline = time.monotonic() + TIMEOUT
-    while not marker.exists():
-        assert proc.poll() is None, (repo / "snakemake.out").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "Ctrl-C"])
 def test_interrupted_training_under_snakemake_ends_with_the_uninterrupted_logs(reference, tmp_path, how):
     repo = new_copy(tmp_path / "repo")
     proc = start_pipeline(repo)
     try:
-        wait_for_checkpoint(repo, proc, "d2r", 3)
+        wait_for_file(run_dir(repo, "d2r") / "checkpoints" / f"ckpt-{3:07d}.json", repo, proc)
         if how == "Ctrl-C":  # the terminal sends SIGINT to every process of the foreground group
             os.killpg(proc.pid, signal.SIGINT)
         else:

@@ -7,26 +7,22 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from helpers import (
     EXPERIMENT,
-    REPO,
     TARGET,
     TIMEOUT,
     edit_params,
-    ignore_outputs,
-    pipeline_env,
     planned,
+    repo_copy,
     snakemake,
+    start_pipeline,
     tiny_experiment,
     training_pid,
+    wait_for_file,
     without_timing,
 )
 
@@ -46,9 +42,7 @@ def grouped(seeds_per_job: int):
 
 
 def new_copy(path: Path, seeds_per_job: int) -> Path:
-    shutil.copytree(REPO, path, ignore=ignore_outputs, symlinks=True)
-    edit_params(path, grouped(seeds_per_job))
-    return path
+    return repo_copy(path, grouped(seeds_per_job))
 
 
 def run_dir(repo: Path, seed: int) -> Path:
@@ -67,16 +61,9 @@ def test_a_group_job_trains_each_seed_as_alone_and_resumes_after_sigterm(solo, t
     repo = new_copy(tmp_path / "repo", seeds_per_job=2)
     assert planned(repo) == {"setup": 1, GROUP_RULE: 1, "evaluate": 2, "analyse": 2, "report": 1}
 
-    log = open(repo / "snakemake.out", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", TARGET], cwd=repo, env=pipeline_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_pipeline(repo)
     try:
-        marker = run_dir(repo, 1) / "checkpoints" / f"ckpt-{3:07d}.json"
-        deadline = time.monotonic() + TIMEOUT
-        while not marker.exists():
-            assert proc.poll() is None, (repo / "snakemake.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in time"
-            time.sleep(0.05)
+        wait_for_file(run_dir(repo, 1) / "checkpoints" / f"ckpt-{3:07d}.json", repo, proc)
         pid = training_pid(repo, "d2r")
         assert pid is not None, "training process not found"
         os.kill(pid, signal.SIGTERM)

@@ -37,7 +37,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import EXPERIMENT, METHODS, REPO, TARGET, edit_params, ignore_outputs, pipeline_env, tiny_experiment
+from helpers import (
+    EXPERIMENT,
+    METHODS,
+    REPO,
+    TARGET,
+    pipeline_env,
+    repo_copy,
+    tiny_experiment,
+)
 
 from d2r.config import DEFAULT_CLUSTER_RESOURCES, ParamsError, load_params, parse_params
 from d2r.pipeline.layout import Job, job_params
@@ -403,8 +411,7 @@ def sacct(cluster: SlurmCluster, run_id: str, *extra: str) -> tuple[str, list[di
 @pytest.mark.slow
 def test_pipeline_on_slurm(slurm, tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(REPO, repo, ignore=ignore_outputs, symlinks=True)
-    edit_params(repo, slurm_params)
+    repo_copy(repo, slurm_params)
     site_profile(repo)
     env = dict(pipeline_env(), SLURM_CONF=str(slurm.conf))
     env["PATH"] = env["PATH"] + os.pathsep + "/usr/sbin:/sbin"

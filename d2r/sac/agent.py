@@ -225,7 +225,8 @@ class MultiTaskSAC(nn.Module):
               groups: tuple[str, ...]) -> None:
         """Backward of `loss`, each group's gradient clipped to norm grad_clip, checked, stepped."""
         optim_of = {"policy": self.policy_optim, "q1": self.q_optim, "q2": self.q_optim, "alpha": self.alpha_optim}
-        optims = [o for o in (self.q_optim, self.policy_optim, self.alpha_optim) if o in map(optim_of.get, groups)]
+        stepped = {optim_of[g] for g in groups}  # Q1 and Q2 share theirs
+        optims = [o for o in (self.q_optim, self.policy_optim, self.alpha_optim) if o in stepped]
         for optim in optims:
             optim.zero_grad(set_to_none=True)
         loss.backward()

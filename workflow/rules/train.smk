@@ -40,6 +40,7 @@ rule train:
 
 
 for _experiment, _method, _seeds in train_groups():
+    _w = SimpleNamespace(experiment=_experiment)  # the wildcards the resource functions read
 
     rule:
         name:
@@ -52,13 +53,13 @@ for _experiment, _method, _seeds in train_groups():
             group_log(_experiment, _method, _seeds),
         benchmark:
             group_benchmark(_experiment, _method, _seeds)
-        threads: lambda w, e=_experiment: train_threads(SimpleNamespace(experiment=e))
+        threads: lambda w, x=_w: train_threads(x)
         resources:
-            gpu=lambda w, e=_experiment: job_gpus(SimpleNamespace(experiment=e)),
-            runtime=lambda w, e=_experiment, n=len(_seeds): n * train_runtime(SimpleNamespace(experiment=e)),
-            mem_mb=lambda w, e=_experiment, n=len(_seeds): n * job_mem_mb(SimpleNamespace(experiment=e)),
-            cpus_per_task=lambda w, e=_experiment: train_cpus(SimpleNamespace(experiment=e)),
-            gpu_model=lambda w, e=_experiment: gpu_model(SimpleNamespace(experiment=e)),
+            gpu=lambda w, x=_w: job_gpus(x),
+            runtime=lambda w, x=_w, n=len(_seeds): n * train_runtime(x),
+            mem_mb=lambda w, x=_w, n=len(_seeds): n * job_mem_mb(x),
+            cpus_per_task=lambda w, x=_w: train_cpus(x),
+            gpu_model=lambda w, x=_w: gpu_model(x),
         params:
             seeds=" ".join(f"--seed {s}" for s in _seeds),
             # the job fills in {seed} per seed (a function: Snakemake would take it for a wildcard)
