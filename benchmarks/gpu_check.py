@@ -21,7 +21,7 @@ rewritten after every step, so a kill loses only the step under way.
  7. one periodic evaluation's cost; with 6, the paper's MT10 budget projected (in the table);
  8. the D2R graph update at 5 times the MT10 batch;
  9. seed groups (d2r.sac.group) of S = 1 and 5 D2R agents (1 and 2 in the dry run), graph updates
-    in turn: per-seed updates/s;
+    in turn (sequential) and one update of the stacked weights (stacked): per-seed updates/s;
 10. three processes sharing the GPU, each timing D2R graph updates;
 11. env-steps/s of MT10 and MT50, sync and async vector envs, and act() per vector step;
 12. the learning runs until the budget's end: stopped, their evaluation logs collected.
@@ -230,7 +230,7 @@ def table(results: dict) -> str:
         add("D2R graph update, larger batch", "; ".join(cells) + (f"; time x{ratio[1] / ratio[0]:.2f}"
                                                                    if len(ratio) == 2 else ""))
     if r := step("seed groups"):
-        add("D2R seed group (graphs, one stream)", "; ".join(
+        add("D2R seed group (sequential: graphs, one stream; stacked: eager)", "; ".join(
             f"{k}: " + (_unit(v) or f"{v['per_seed_updates_per_s']:.1f} updates/s per seed, "
                                     f"{v['updates_per_s']:.1f} together") for k, v in r["rows"].items()))
     if r := step("shared GPU"):

@@ -87,7 +87,9 @@ def ready_agent(params, method: str, setting: str, batch_per_task: int, sizes, d
     return agent, buf
 
 
-def checked(agent, stats: dict) -> None:
+def checked(agent, stats: dict | Exception) -> None:
+    if isinstance(stats, Exception):  # a seed of a stacked group (d2r.sac.stacked)
+        raise RuntimeError(f"non-finite update ({stats})")
     fault = agent.pop_fault()
     if fault is not None or not all(bool(torch.isfinite(v)) for v in stats.values()):
         raise RuntimeError(f"non-finite update ({fault})")
@@ -215,31 +217,36 @@ def d2r_large_batch(params, sizes, device, deadline) -> dict:
 
 
 def seed_groups(params, sizes, device, deadline) -> dict:
-    """A group of S D2R agents as the `train` job steps them (d2r.sac.group): one graph update of
-    each seed in turn, each in its own random streams; per-seed and total updates/s, S in sizes.group_sizes."""
+    """A group of S D2R agents as the `train` job updates them (d2r.sac.group), S in
+    sizes.group_sizes: `sequential`, one graph update of each seed in turn, each in its own random
+    streams; `stacked` (S > 1), one eager update of the seeds' stacked weights (d2r.sac.stacked).
+    Per-seed and total updates/s: which is faster sets d2r.sac.group.AUTO_STACKED["cuda"]."""
     from d2r.runtime.seeding import RandomStreams
 
     rows = {}
     for size in sizes.group_sizes:
-        if deadline.passed():
-            rows[f"S={size}"] = {"skipped": "out of time"}
-            continue
-        try:
-            fresh_memory(device)
-            members = []
-            for seed in range(size):
-                torch.manual_seed(seed)
-                agent, buf = ready_agent(params, "d2r", "on", sizes.batch_per_task, sizes, device)
-                members.append((agent, buf, RandomStreams(device)))
-            round_of_updates, out = bench.seed_group_round(members, sizes.batch_per_task), {}
-            times = block_times(lambda: out.update(round_of_updates()), sizes.calls, sizes.blocks, device)
-            for agent, stats in out.items():
-                checked(agent, stats)
-            rows[f"S={size}"] = {"round_ms": 1000 * median(times), "per_seed_updates_per_s": 1 / median(times),
-                                 "updates_per_s": size / median(times), "peak_gb": peak_gb(device)}
-            print(f"seed group S={size}: {rows[f'S={size}']['per_seed_updates_per_s']:.1f} updates/s per seed", flush=True)
-        except Exception as err:  # this unit only: the next still runs
-            rows[f"S={size}"] = {"error": f"{type(err).__name__}: {err}"}
+        for mode in ("sequential", "stacked") if size > 1 else ("sequential",):
+            name = f"S={size} {mode}"
+            if deadline.passed():
+                rows[name] = {"skipped": "out of time"}
+                continue
+            try:
+                fresh_memory(device)
+                members = []
+                for seed in range(size):
+                    torch.manual_seed(seed)
+                    agent, buf = ready_agent(params, "d2r", "on", sizes.batch_per_task, sizes, device)
+                    members.append((agent, buf, RandomStreams(device)))
+                round_of_updates = bench.seed_group_round(members, sizes.batch_per_task, mode == "stacked")
+                out = {}
+                times = block_times(lambda: out.update(round_of_updates()), sizes.calls, sizes.blocks, device)
+                for agent, stats in out.items():
+                    checked(agent, stats)
+                rows[name] = {"round_ms": 1000 * median(times), "per_seed_updates_per_s": 1 / median(times),
+                              "updates_per_s": size / median(times), "peak_gb": peak_gb(device)}
+                print(f"seed group {name}: {rows[name]['per_seed_updates_per_s']:.1f} updates/s per seed", flush=True)
+            except Exception as err:  # this unit only: the next still runs
+                rows[name] = {"error": f"{type(err).__name__}: {err}"}
     return {"rows": rows}
 
 

@@ -126,10 +126,11 @@ def bench_update(params, method: str, num_tasks: int, reps: int, device) -> tupl
     return seconds, flops
 
 
-def bench_seed_group(params, method: str, num_tasks: int, seeds: int, reps: int, device) -> float:
-    """Seconds per round of a group of `seeds` agents (d2r.sac.group): one update of each seed in
-    turn, each between its own global random streams, as a group's training interleaves them (the
-    median round; one warm-up round first). Each seed's update rate is 1 / this."""
+def bench_seed_group(params, method: str, num_tasks: int, seeds: int, reps: int, device,
+                     stacked: bool = False) -> float:
+    """Seconds per round of a group of `seeds` agents (d2r.sac.group): one update of each seed,
+    sequential or stacked (seed_group_round), as a group's training runs them (the median round;
+    one warm-up round first). Each seed's update rate is 1 / this."""
     from d2r.runtime.seeding import RandomStreams
 
     members = []
@@ -139,13 +140,17 @@ def bench_seed_group(params, method: str, num_tasks: int, seeds: int, reps: int,
         agent = MultiTaskSAC(config, params.sac, mw.STATE_DIM, mw.ACTION_DIM, num_tasks, device)
         members.append((agent, filled_buffer(agent, num_tasks, 256, device), RandomStreams(device)))
 
-    return _timed(seed_group_round(members, 128), reps, device)
+    return _timed(seed_group_round(members, 128, stacked), reps, device)
 
 
-def seed_group_round(members: list, batch_per_task: int):
-    """One round of a group's updates as its training interleaves them (d2r.sac.group): each
-    (agent, replay buffer, RandomStreams) member updates once in turn, between its own random
-    streams. Returns that round as a function, which returns each agent's statistics."""
+def seed_group_round(members: list, batch_per_task: int, stacked: bool = False):
+    """One round of a group's updates as its training runs them (d2r.sac.group), of (agent, replay
+    buffer, RandomStreams) members: sequential, each agent updates in turn between its own random
+    streams; stacked, one update of their stacked weights (d2r.sac.stacked), each drawing from its
+    own stream. Returns that round as a function, which returns each agent's statistics."""
+    from d2r.runtime.seeding import SeedGenerators
+    from d2r.sac.stacked import StackedSAC
+
     def round_of_updates() -> dict:
         stats = {}
         for agent, buf, streams in members:
@@ -153,7 +158,18 @@ def seed_group_round(members: list, batch_per_task: int):
                 stats[agent] = agent.update(buf.sample(batch_per_task))
         return stats
 
-    return round_of_updates
+    if not stacked:
+        return round_of_updates
+    stack = StackedSAC([agent for agent, _, _ in members])
+
+    def stacked_round() -> dict:
+        generators = SeedGenerators(streams.generator() for _, _, streams in members)
+        outcomes = stack.update_seeds([buf.sample(batch_per_task) for _, buf, _ in members], generators)
+        for (_, _, streams), generator in zip(members, generators):
+            streams.take_back(generator)
+        return {agent: outcome for (agent, _, _), outcome in zip(members, outcomes)}
+
+    return stacked_round
 
 
 @contextmanager

@@ -138,6 +138,9 @@ class ExperimentConfig:
     #: seeds trained together by one training job (lockstep, one process, one device); how the
     #: pipeline schedules training, not what it computes: no run depends on it
     seeds_per_job: int = 1
+    #: how such a job updates its seeds (d2r.sac.group): auto | stacked (one update of the seeds'
+    #: stacked weights, each seed's result its own to float rounding) | sequential (one by one)
+    group_update: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class RunConfig:
         data["experiment"].pop("final_eval_episodes")
         data["experiment"].pop("metaworld_eval_episodes")
         data["experiment"].pop("seeds_per_job")
+        data["experiment"].pop("group_update")
         return data
 
 
@@ -383,6 +387,7 @@ def _experiment(name: str, raw_exp: dict, params: dict, methods: dict, source: s
         train_overrides=dict(raw_exp.get("train", {})),
         metaworld_eval_episodes=raw_exp.get("metaworld_eval_episodes", 50),
         seeds_per_job=raw_exp.get("seeds_per_job", 1),
+        group_update=raw_exp.get("group_update", "auto"),
     )
 
 

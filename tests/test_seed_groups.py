@@ -41,6 +41,7 @@ def params(tmp_path_factory) -> Path:
     raw["env"]["max_episode_steps"] = 20  # short episodes: the whole file in a few minutes
     raw["experiments"]["tiny"]["methods"] = METHODS
     raw["experiments"]["tiny"]["seeds"] = SEEDS
+    raw["experiments"]["tiny"]["group_update"] = "sequential"  # exactly the solo updates (test_stacked.py: stacked)
     path.write_text(yaml.safe_dump(raw))
     return path
 

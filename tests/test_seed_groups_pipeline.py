@@ -1,7 +1,7 @@
 """Seed groups through Snakemake (issue 31): with `seeds_per_job: 2` one job trains both seeds of
 a method, each seed's files are those of its solo job, a group job stopped by SIGTERM resumes
-every seed exactly when the same command runs again, and changing seeds_per_job alone re-runs
-nothing."""
+every seed exactly when the same command runs again, and changing seeds_per_job or group_update
+alone re-runs nothing."""
 
 from __future__ import annotations
 
@@ -32,11 +32,12 @@ SEEDS = [0, 1]
 GROUP_RULE = f"train-{EXPERIMENT}-d2r-seeds0-1"
 
 
-def grouped(seeds_per_job: int):
+def grouped(seeds_per_job: int, group_update: str = "sequential"):
     def change(raw: dict) -> dict:
         tiny_experiment(raw)
         raw["presets"]["tiny"].update(epochs=6, eval_every=2, checkpoint_every=1)
-        raw["experiments"][EXPERIMENT].update(methods=["d2r"], seeds=list(SEEDS), seeds_per_job=seeds_per_job)
+        raw["experiments"][EXPERIMENT].update(methods=["d2r"], seeds=list(SEEDS), seeds_per_job=seeds_per_job,
+                                              group_update=group_update)
         return raw
     return change
 
@@ -90,4 +91,6 @@ def test_a_group_job_trains_each_seed_as_alone_and_resumes_after_sigterm(solo, t
     edit_params(repo, grouped(1))
     assert planned(repo) == {}
     edit_params(solo, grouped(2))
+    assert planned(solo) == {}
+    edit_params(solo, grouped(2, group_update="stacked"))
     assert planned(solo) == {}

@@ -81,12 +81,15 @@ def run(args) -> int:
 
 def seed_groups(params, device, reps: int, method: str = "d2r", num_tasks: int = 10,
                 sizes: tuple[int, ...] = GROUP_SIZES) -> None:
-    print(f"\n== a group of S seeds trained together (train --seed repeated): the S agents' {method} updates "
-          f"interleaved, MT{num_tasks} paper width, 128 per task ==")
-    print(f"{'S':>3s} {'updates/s per seed':>19s} {'updates/s, all seeds':>21s} {'ms per round of S':>18s}")
+    print(f"\n== a group of S seeds trained together (train --seed repeated): the S agents' {method} updates, "
+          f"sequential and stacked (group_update), MT{num_tasks} paper width, 128 per task ==")
+    print(f"{'S':>3s} {'group_update':>13s} {'updates/s per seed':>19s} {'updates/s, all seeds':>21s} "
+          f"{'ms per round of S':>18s}")
     for seeds in sizes:
-        seconds = B.bench_seed_group(params, method, num_tasks, seeds, reps, device)
-        print(f"{seeds:3d} {1 / seconds:19.2f} {seeds / seconds:21.2f} {1000 * seconds:18.1f}")
+        for stacked in (False, True) if seeds > 1 else (False,):
+            seconds = B.bench_seed_group(params, method, num_tasks, seeds, reps, device, stacked)
+            print(f"{seeds:3d} {'stacked' if stacked else 'sequential':>13s} {1 / seconds:19.2f} "
+                  f"{seeds / seconds:21.2f} {1000 * seconds:18.1f}")
 
 
 def efficiency(params, device, rounds: int) -> None:

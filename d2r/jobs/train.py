@@ -59,7 +59,8 @@ def run(args) -> int:
             statuses.append(EXIT_WRITE)
 
     with GracefulStop() as stop:
-        group = SeedGroup(runs, out_dirs, device, progress=not args.no_progress, stop=stop)
+        group = SeedGroup(runs, out_dirs, device, progress=not args.no_progress, stop=stop,
+                          group_update=runs[0].experiment.group_update)
         try:
             group.train(on_end)
         finally:

@@ -29,10 +29,12 @@ class MultiTaskNet(nn.Module):
                  replacement from softmax(z / T_task); data collection and the Q update) or
                  "replayed" (use `route`, the behaviour route stored with the transition).
     route:       [B, N, K] int64 route to replay (route_mode="replayed" only).
-    temperature: [num_tasks] float per-task routing temperatures (route_mode="sampled" only).
+    temperature: [num_tasks] float per-task routing temperatures (route_mode="sampled" only);
+                 [S, num_tasks] for a seed-stacked network (d2r.nets.stacking).
     resrouting:  apply ResRouting (spec section 2) to whichever route is used: the policy update
                  replays the behaviour route, the Q update samples one with T_task.
-    generator:   random stream for route sampling (default: torch's global one).
+    generator:   random stream for route sampling (default: torch's global one); one per seed
+                 for a seed-stacked network (d2r.runtime.seeding.SeedGenerators).
     Non-routed networks ignore the routing arguments and return route None.
     """
 

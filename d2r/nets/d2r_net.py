@@ -35,6 +35,7 @@ from d2r.nets import routes as R
 from d2r.nets.base import MultiTaskNet, RouteMode
 from d2r.nets.mlp import mlp
 from d2r.nets.module_stack import RoutedModuleStack
+from d2r.runtime import seeding
 
 
 def _softmax(sel: torch.Tensor) -> torch.Tensor:
@@ -179,11 +180,15 @@ class D2RNet(MultiTaskNet):
             z = z.detach()
             if temperature is None:
                 temp = z.new_ones(z.shape[0])
+            elif temperature.dim() == 2:  # [S, T]: a seed-stacked network's samples, seed-major
+                seeds = temperature.shape[0]
+                seed = torch.arange(seeds, device=z.device).repeat_interleave(z.shape[0] // seeds)
+                temp = temperature.to(device=z.device, dtype=z.dtype)[seed, task.long()]
             else:
                 temp = temperature.to(device=z.device, dtype=z.dtype)[task.long()]
             # Gumbel(0, 1) = -log(-log U); from uniforms because exponential_ is ~4x slower on
             # CPU. U >= tiny keeps it finite (float32: within [-4.5, 16.6]).
-            u = torch.empty_like(z).uniform_(generator=generator).clamp_(min=torch.finfo(z.dtype).tiny)
+            u = seeding.uniform_(torch.empty_like(z), generator).clamp_(min=torch.finfo(z.dtype).tiny)
             gumbel = u.log_().neg_().log_().neg_()
             scores = self._square(z / temp[:, None] + gumbel)  # the square's padding is -inf
         elif route_mode != "greedy":

@@ -83,6 +83,37 @@ def _gather_sum(table: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, 
     return (picked * weights.view(-1, k, 1)).sum(1)
 
 
+# The modules' affine maps and their gradients. A weight [H, H] serves every sample; a seed-stacked
+# network's (d2r.nets.stacking) is [S, H, H], its samples seed-major: one batched matmul per call.
+def _by_seed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.view(weight.shape[0], -1, x.shape[-1])
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """W x + b per sample."""
+    if weight.dim() == 2:
+        return torch.addmm(bias, x, weight.t())
+    return torch.baddbmm(bias.unsqueeze(1), _by_seed(x, weight), weight.transpose(1, 2)).view_as(x)
+
+
+def _weight_grad(gpre: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if weight.dim() == 2:
+        return gpre.t().mm(x)
+    return torch.bmm(_by_seed(gpre, weight).transpose(1, 2), _by_seed(x, weight))
+
+
+def _bias_grad(gpre: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return gpre.sum(0) if weight.dim() == 2 else _by_seed(gpre, weight).sum(1)
+
+
+def _input_grad(g_r: torch.Tensor, gpre: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """out = g_r + gpre W (the gradient at the module's input plus the shortcut's)."""
+    if weight.dim() == 2:
+        torch.addmm(g_r, gpre, weight, out=out)
+    else:
+        torch.baddbmm(_by_seed(g_r, weight), _by_seed(gpre, weight), weight, out=_by_seed(out, weight))
+
+
 class RoutedModuleStack(torch.autograd.Function):
     """apply(y0, w, route, trusted, grad_enabled, capturable, *weights_then_biases) -> out_in [B, H].
 
@@ -93,7 +124,8 @@ class RoutedModuleStack(torch.autograd.Function):
     trusted:  [B, N, K] bool ResRouting mask, or None for the plain forward.
     grad_enabled: torch.is_grad_enabled() of the caller (False: nothing is kept for a backward).
     capturable: True: no host reads and static shapes (gather forward, push backward; see above).
-    weights_then_biases: W_1..W_{N-1} ([H, H]) then b_1..b_{N-1} ([H]).
+    weights_then_biases: W_1..W_{N-1} ([H, H]) then b_1..b_{N-1} ([H]); seed-stacked ([S, H, H],
+              [S, H]) when the samples are S seeds' batches, seed-major (d2r.nets.stacking).
     """
 
     @staticmethod
@@ -133,7 +165,7 @@ class RoutedModuleStack(torch.autograd.Function):
         modules = zip(rows_by_node, w_by_node, weights, biases, ys.unbind(0)[1:])
         for rows_n, w_n, weight, bias, y in modules:
             x = mix(rows_n, w_n)
-            a = torch.addmm(bias, x, weight.t()).relu_()
+            a = _affine(x, weight, bias).relu_()
             torch.add(a, x, out=y)
             if keep_x:
                 xs.append(x)
@@ -215,10 +247,10 @@ def _pull_backward(grad_out, flat, rows, w_nbk, trusted, xs, acts, weights, need
             break
         gpre = torch.ops.aten.threshold_backward(g_y, acts[n - 1], 0)
         if need_weight[n - 1]:
-            grad_weights[n - 1] = gpre.t().mm(xs[n - 1])
+            grad_weights[n - 1] = _weight_grad(gpre, xs[n - 1], weights[n - 1])
         if need_bias[n - 1]:
-            grad_biases[n - 1] = gpre.sum(0)
-        torch.addmm(g_r, gpre, weights[n - 1], out=gx[n - 1])  # gx_n = g_xt_n + g_r_n
+            grad_biases[n - 1] = _bias_grad(gpre, weights[n - 1])
+        _input_grad(g_r, gpre, weights[n - 1], out=gx[n - 1])  # gx_n = g_xt_n + g_r_n
         if resrouting:
             g_shortcut[n - 1].copy_(g_r)
 
@@ -261,10 +293,10 @@ def _push_backward(grad_out, flat, rows, w_nbk, trusted, xs, acts, weights, need
         g_r, g_y = acc_r[n * batch : (n + 1) * batch], acc_y[n * batch : (n + 1) * batch]
         gpre = torch.ops.aten.threshold_backward(g_y, acts[n - 1], 0)
         if need_weight[n - 1]:
-            grad_weights[n - 1] = gpre.t().mm(xs[n - 1])
+            grad_weights[n - 1] = _weight_grad(gpre, xs[n - 1], weights[n - 1])
         if need_bias[n - 1]:
-            grad_biases[n - 1] = gpre.sum(0)
-        torch.addmm(g_r, gpre, weights[n - 1], out=gx[n - 1])  # gx_n = g_xt_n + g_r_n
+            grad_biases[n - 1] = _bias_grad(gpre, weights[n - 1])
+        _input_grad(g_r, gpre, weights[n - 1], out=gx[n - 1])  # gx_n = g_xt_n + g_r_n
         push(n - 1, gx[n - 1], g_r)
     grad_y0 = acc_y[:batch] if need_y0 else None
 

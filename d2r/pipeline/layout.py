@@ -202,9 +202,9 @@ def job_params(job: Job, params: Params) -> dict[str, Any]:
         return {}        # it reads the metrics files only (and d2r/reporting/published.yaml, as its code)
     # report: the experiment as written (the page shows it verbatim), its methods' entries (the
     # page reads their settings from run.json, an input: these only re-run it with training) and videos
-    # (not seeds_per_job: how training is scheduled changes no result)
+    # (not seeds_per_job nor group_update: how training is scheduled changes no result)
     raw = params.raw["experiments"][params.experiment(job.experiment).name]
-    raw = {key: value for key, value in raw.items() if key != "seeds_per_job"}
+    raw = {key: value for key, value in raw.items() if key not in ("seeds_per_job", "group_update")}
     return {"experiment": raw, "methods": {m: params.raw["methods"][m] for m in raw["methods"]},
             "videos": params.render_config(job.experiment).enabled}
 

@@ -17,6 +17,7 @@ CheckpointError, never executed and never silently skipped.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import pickle
@@ -49,9 +50,28 @@ def checkpoint_files(directory: str | Path) -> list[Path]:
     return sorted((p for p in directory.glob("ckpt-*.pt") if _NAME.fullmatch(p.name)), key=_position)
 
 
+def _own_storages(obj: Any) -> Any:
+    """`obj` with each tensor that views part of a larger storage as a copy of its own: torch.save
+    writes a tensor's whole storage (the filled part of a replay buffer on a CPU; one seed's slice of
+    a seed-stacked group's weights, d2r.sac.stacked)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj
+    if isinstance(obj, dict):
+        values = {key: _own_storages(value) for key, value in obj.items()}
+        if all(values[key] is obj[key] for key in obj):
+            return obj
+        copied = copy.copy(obj)  # its type and attributes kept (a state_dict's _metadata)
+        copied.update(values)
+        return copied
+    if isinstance(obj, (list, tuple)):
+        values = [_own_storages(value) for value in obj]
+        return obj if all(a is b for a, b in zip(values, obj)) else type(obj)(values)
+    return obj
+
+
 def _torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(_own_storages(obj), buffer)
     return buffer.getvalue()
 
 

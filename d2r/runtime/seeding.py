@@ -84,3 +84,42 @@ class RandomStreams:
 
     def __exit__(self, *exc) -> None:
         self.state = global_rng_state(self.device)
+
+    @property
+    def _torch_key(self) -> str:
+        """The generator the run's tensors on its device draw from."""
+        return "cuda" if self.device.type == "cuda" else "torch"
+
+    def generator(self) -> torch.Generator:
+        """A generator in the state of this run's torch stream on its device (a seed-stacked update
+        draws from it: d2r.sac.stacked); give it back with `take_back` when done."""
+        generator = torch.Generator(self.device)
+        generator.set_state(self.state[self._torch_key].cpu())
+        return generator
+
+    def take_back(self, generator: torch.Generator) -> None:
+        """This run's torch stream continues where `generator` (from `generator()`) left off."""
+        self.state[self._torch_key] = generator.get_state()
+
+
+class SeedGenerators(tuple):
+    """One torch.Generator per seed of a seed-stacked batch (d2r.nets.stacking: S seeds' samples,
+    seed-major): a random draw for the batch takes each seed's rows from that seed's generator,
+    so each seed draws what it draws alone. Pass it where a `generator` is taken."""
+
+
+def uniform_(tensor: torch.Tensor, generator) -> torch.Tensor:
+    """tensor.uniform_(generator=generator), or per seed's rows with SeedGenerators."""
+    if isinstance(generator, SeedGenerators):
+        for rows, seed_generator in zip(tensor.chunk(len(generator)), generator, strict=True):
+            rows.uniform_(generator=seed_generator)
+        return tensor
+    return tensor.uniform_(generator=generator)
+
+
+def randn(shape: torch.Size, generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """torch.randn(shape, generator=generator, ...), or per seed's rows with SeedGenerators."""
+    if isinstance(generator, SeedGenerators):
+        rows = (shape[0] // len(generator), *shape[1:])
+        return torch.cat([torch.randn(rows, generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)

@@ -26,6 +26,7 @@ from torch import nn
 from d2r.config import MethodConfig, SACConfig
 from d2r.nets import build_net
 from d2r.nets.base import MultiTaskNet
+from d2r.runtime import seeding
 from d2r.sac.nonfinite import NonFiniteError, UpdateChecks
 from d2r.sac.replay import Batch
 
@@ -88,7 +89,7 @@ class TanhGaussianPolicy(nn.Module):
         """
         mean, log_std, route = self.distribution(state, task, generator=generator, **route_kw)
         std = log_std.exp()
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        noise = seeding.randn(mean.shape, generator, mean.device, mean.dtype)
         u = mean + std * noise
         # log N(u; mean, std) minus the tanh Jacobian, log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)).
         log_prob = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -107,6 +108,11 @@ class MultiTaskSAC(nn.Module):
         super().__init__()
         self.method, self.sac = method, sac
         self.num_tasks, self.action_dim = num_tasks, action_dim
+        #: entries of the per-task tensors (log_alpha, temperature, the loss terms): T here, S * T in
+        #: a seed-stacked agent (d2r.sac.stacked)
+        self.task_rows = num_tasks
+        #: the update's random stream: None, torch's global one (a seed-stacked agent: one per seed)
+        self.update_generator = None
 
         def net(in_dim, out_dim):
             return build_net(method.net, in_dim, out_dim, num_tasks, **method.net_args)
@@ -193,7 +199,7 @@ class MultiTaskSAC(nn.Module):
     def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.checks.begin_update()
         batch, data_ok = self._finite_batch(batch)
-        alpha = self.log_alpha.exp().detach()[batch.task]          # [B]
+        alpha = self.log_alpha.exp().detach()[self._task_index(batch)]          # [B]
         if self.sac.update_order == "joint":
             # The release: every loss from the parameters before the step, one backward, then every
             # optimiser steps (the Qs' weights get no gradient from J_pi: they are frozen there).
@@ -212,13 +218,13 @@ class MultiTaskSAC(nn.Module):
         self.checks.after_step()
         with torch.no_grad():
             self.skipped += torch.stack([~finite, finite & ~keep])
-            kept = {name: torch.where(keep, value.detach(), 0.0).mean() for name, value in terms.items()}
+            kept = {name: self._run_mean(torch.where(keep, value.detach(), 0.0)) for name, value in terms.items()}
         return {
             "loss_q": (kept["q1"] + kept["q2"]) / 2,
             "loss_pi": kept["policy"],
             "loss_alpha": kept["alpha"],
-            "masked_tasks": (~keep).sum(),
-            "entropy": -log_prob.detach().mean(),
+            "masked_tasks": self._run_sum(~keep),
+            "entropy": -self._run_mean(log_prob.detach()),
         }
 
     def _step(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], keep: torch.Tensor,
@@ -229,11 +235,11 @@ class MultiTaskSAC(nn.Module):
         optims = [o for o in (self.q_optim, self.policy_optim, self.alpha_optim) if o in stepped]
         for optim in optims:
             optim.zero_grad(set_to_none=True)
-        loss.backward()
+        self._backward(loss)
         params = {"policy": self.policy.parameters, "q1": self.q1.parameters, "q2": self.q2.parameters,
                   "alpha": lambda: [self.log_alpha]}
         # The norms before clipping double as the gradient check: a NaN/Inf anywhere makes one non-finite.
-        norms = {g: nn.utils.clip_grad_norm_(params[g](), self.sac.grad_clip) for g in groups}
+        norms = {g: self._clip(list(params[g]())) for g in groups}
         self.checks.before_step(norms, terms, loss, keep)
         for optim in optims:
             optim.step()
@@ -257,14 +263,16 @@ class MultiTaskSAC(nn.Module):
         against y = r + gamma (1 - d) (min Qbar(s', a'; greedy) - alpha log pi(a'|s'; greedy))."""
         sac = self.sac
         with torch.no_grad():
-            next_action, next_log_prob, _ = self.policy.sample(batch.next_state, batch.task, route_mode="greedy")
+            next_action, next_log_prob, _ = self.policy.sample(batch.next_state, batch.task, self.update_generator,
+                                                               route_mode="greedy")
             next_sa = torch.cat([batch.next_state, next_action], dim=-1)
             q_next = torch.min(self.q1_target(next_sa, batch.task)[0], self.q2_target(next_sa, batch.task)[0])
             target = sac.reward_scale * batch.reward + sac.gamma * (1.0 - batch.done) * (
                 q_next.squeeze(-1) - alpha * next_log_prob
             )
         sa = torch.cat([batch.state, batch.action], dim=-1)
-        q_kw = dict(route_mode="sampled", temperature=self.temperature, resrouting=self._resrouting)
+        q_kw = dict(route_mode="sampled", temperature=self._route_temperature(), resrouting=self._resrouting,
+                    generator=self.update_generator)
         w = self._loss_weights()
         return {name: w * self._per_task((q(sa, batch.task, **q_kw)[0].squeeze(-1) - target) ** 2)
                 for name, q in (("q1", self.q1), ("q2", self.q2))}
@@ -277,14 +285,14 @@ class MultiTaskSAC(nn.Module):
             pi_kw = dict(route_mode="replayed", route=batch.route, resrouting=self.method.resrouting)
         else:
             pi_kw = dict(route_mode="greedy")
-        new_action, log_prob, _ = self.policy.sample(batch.state, batch.task, **pi_kw)
+        new_action, log_prob, _ = self.policy.sample(batch.state, batch.task, self.update_generator, **pi_kw)
         new_sa = torch.cat([batch.state, new_action], dim=-1)
         # Gradient reaches the action through the Qs; their own weights are frozen for this forward
         # (the release uses copies), so the backward skips weight gradients nobody would use.
         q_kw = dict(route_mode="greedy", resrouting=self._resrouting)
         with _frozen(self.q1, self.q2):
             q_new = torch.min(self.q1(new_sa, batch.task, **q_kw)[0], self.q2(new_sa, batch.task, **q_kw)[0])
-        alpha_term = -self.log_alpha[batch.task] * (log_prob.detach() + self.target_entropy)
+        alpha_term = -self.log_alpha[self._task_index(batch)] * (log_prob.detach() + self.target_entropy)
         terms = {"policy": self._loss_weights() * self._per_task(alpha * log_prob - q_new.squeeze(-1)),
                  "alpha": self._per_task(alpha_term)}
         return terms, log_prob
@@ -294,11 +302,33 @@ class MultiTaskSAC(nn.Module):
         return self.routed and self.method.resrouting
 
     def _loss_weights(self) -> torch.Tensor:
-        return self.task_weights() if self.method.task_loss_weights else torch.ones(self.num_tasks, device=self.device)
+        return self.task_weights() if self.method.task_loss_weights else torch.ones(self.task_rows, device=self.device)
 
     def _per_task(self, values: torch.Tensor) -> torch.Tensor:
         """[T * b] per-sample values -> [T] per-task means (batches are task-major)."""
-        return values.view(self.num_tasks, -1).mean(dim=1)
+        return values.view(self.task_rows, -1).mean(dim=1)
+
+    # ---- what a seed-stacked agent (d2r.sac.stacked) does per seed ------------------------------
+    def _task_index(self, batch: Batch) -> torch.Tensor:
+        """[B] each sample's entry in the per-task tensors."""
+        return batch.task
+
+    def _route_temperature(self) -> torch.Tensor:
+        return self.temperature
+
+    def _run_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of the run's values (per task or per sample)."""
+        return values.mean()
+
+    def _run_sum(self, values: torch.Tensor) -> torch.Tensor:
+        return values.sum()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _clip(self, params: list[nn.Parameter]) -> torch.Tensor:
+        """Clip the gradient of `params` to norm grad_clip; its norm before."""
+        return nn.utils.clip_grad_norm_(params, self.sac.grad_clip)
 
     def _masked_mean(self, terms: dict[str, torch.Tensor], data_ok: torch.Tensor):
         """Mean over tasks of L_tau = the sum of `terms` ([T] per-task losses, already weighted),
@@ -313,7 +343,7 @@ class MultiTaskSAC(nn.Module):
         raw = total.detach()
         finite = torch.isfinite(raw) & data_ok
         keep = finite & (raw <= self.sac.loss_mask_threshold)
-        return torch.where(keep, total, 0.0).mean(), keep, finite
+        return self._run_mean(torch.where(keep, total, 0.0)), keep, finite
 
     def _finite_batch(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
         """Zero the non-finite values of a sampled batch; [T] flags: all of the task's samples were finite.
@@ -329,7 +359,7 @@ class MultiTaskSAC(nn.Module):
             finite = torch.isfinite(value)
             clean[name] = torch.where(finite, value, 0.0)
             ok &= finite if finite.dim() == 1 else finite.all(dim=-1)
-        return dataclasses.replace(batch, **clean), ok.view(self.num_tasks, -1).all(dim=1)
+        return dataclasses.replace(batch, **clean), ok.view(self.task_rows, -1).all(dim=1)
 
     # ---- what the trainer reads once per epoch ------------------------------------------
     def pop_fault(self) -> NonFiniteError | None:

@@ -14,6 +14,13 @@ update, each epoch's end), so in each epoch every seed collects its episode, the
 every seed runs before update i+1 of any, and checkpoints, evaluation and log lines come at the
 same epoch boundaries.
 
+The updates (`group_update`, resolve_group_update): `sequential` runs each seed's update on its
+own, one after the other, each exactly its solo update; `stacked` runs update i of every seed
+as one update of the seeds' weights stacked along a seed dimension (d2r.sac.stacked: one kernel
+for all seeds, each seed's result its solo update's to float rounding), where the network allows
+it (D2R, MT-SAC) and the seeds are at the same update (after a resume they may be a unit apart:
+they update one by one until they are level).
+
 Stops and faults: on SIGTERM/SIGINT every seed stops at its own next safe point with a checkpoint
 of exactly there (the seeds may stop a unit apart; rerunning the same command resumes each
 exactly). A seed that fails (a non-finite value, a failed write) ends alone, its last good
@@ -23,21 +30,37 @@ checkpoint kept; the others run on to the end and write their outputs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import torch
 
 from d2r.config import RunConfig
+from d2r.nets.stacking import stackable
 from d2r.runtime.io import WriteError
-from d2r.runtime.seeding import RandomStreams
+from d2r.runtime.seeding import RandomStreams, SeedGenerators
 from d2r.runtime.signals import GracefulStop
 from d2r.sac.nonfinite import NonFiniteError
+from d2r.sac.replay import Batch
 from d2r.sac.run_state import Stopped
-from d2r.sac.training import Trainer
+from d2r.sac.stacked import StackedSAC, can_stack
+from d2r.sac.training import Trainer, resume_units, update_outcome
 
 #: what ends one seed's run early; anything else (a bug, a second signal) ends the whole group
 ENDS_A_SEED = (Stopped, NonFiniteError, WriteError)
+
+#: what `group_update: auto` means: stacked where benchmarks measured it faster than sequential
+#: (`python -m d2r bench --sections seed-groups`; on CUDA, benchmarks/gpu_check.sh), per device type
+AUTO_STACKED = {"cpu": False, "cuda": False}
+
+
+def resolve_group_update(setting: str, device: torch.device | str) -> str:
+    """`group_update` (auto | stacked | sequential) on `device` -> stacked or sequential."""
+    if setting not in ("auto", "stacked", "sequential"):
+        raise ValueError(f"group_update must be auto, stacked or sequential, got {setting!r}")
+    if setting == "auto":
+        return "stacked" if AUTO_STACKED.get(torch.device(device).type, False) else "sequential"
+    return setting
 
 
 @dataclasses.dataclass
@@ -46,7 +69,9 @@ class Member:
 
     trainer: Trainer
     streams: RandomStreams
-    units: Iterator[None] | None = None
+    units: Generator[Batch | None, dict | None, None] | None = None
+    request: Batch | None = None  # the batch of its next update, while it waits for the others'
+    outcome: dict | BaseException | None = None  # its last update's statistics or error, to hand back
     ended: BaseException | None = None  # Stopped, NonFiniteError or WriteError; None when finished
 
     @property
@@ -56,16 +81,21 @@ class Member:
 
 class SeedGroup:
     def __init__(self, runs: list[RunConfig], out_dirs: list[Path], device: torch.device, progress: bool = True,
-                 stop: GracefulStop | None = None):
+                 stop: GracefulStop | None = None, group_update: str = "sequential"):
+        self.stacked = resolve_group_update(group_update, device) == "stacked"
+        self._stack: StackedSAC | None = None
         self.members: list[Member] = []
         for position, (run, out_dir) in enumerate(zip(runs, out_dirs, strict=True)):
             # The Trainer seeds the process's streams with its seed and builds from them (what a solo
             # run draws); the streams as they are after that are this seed's from now on.
             trainer = Trainer(run, out_dir, progress=progress, stop=stop, device=device,
                               bar_position=position if len(runs) > 1 else None)
-            if len(runs) > 1:
-                trainer.prefix = f"seed {run.seed}: "
             self.members.append(Member(trainer, RandomStreams(device)))
+        if len(runs) > 1:
+            update = "stacked" if self.stacked and stackable(self.members[0].trainer.agent.policy.net) else "sequential"
+            for member in self.members:
+                member.trainer.prefix = f"seed {member.seed}: "
+                member.trainer.group = {"seeds": [run.seed for run in runs], "update": update}
 
     def train(self, on_end: Callable[[Member], None] | None = None) -> list[Member]:
         """Every seed's run from its newest checkpoint to the end, in lockstep; a seed that stops
@@ -76,9 +106,16 @@ class SeedGroup:
             member.units = member.trainer.units()
         while running:
             for member in list(running):
+                if member.request is not None:
+                    continue  # its update waits for the other seeds'
                 try:
                     with member.streams:
-                        next(member.units)
+                        request = resume_units(member.units, member.outcome)
+                        member.outcome = None
+                        if request is not None and not self.stacked:
+                            member.outcome = update_outcome(member.trainer.agent, request)
+                        else:
+                            member.request = request
                     continue
                 except StopIteration:
                     member.ended = None
@@ -87,7 +124,31 @@ class SeedGroup:
                 running.remove(member)
                 if on_end is not None:
                     on_end(member)
+            if running and all(member.request is not None for member in running):
+                self._update_together(running)
         return self.members
+
+    def _update_together(self, members: list[Member]) -> None:
+        """Every running seed's update of the batch it waits with, stacked (one update for all)
+        where the network and the seeds' positions allow it, else one by one."""
+        agents = [member.trainer.agent for member in members]
+        if self._stack is not None and self._stack.agents != agents:  # a seed ended: stack the rest anew
+            self._stack.release()
+            self._stack = None
+        if self._stack is None and can_stack(agents):
+            self._stack = StackedSAC(agents)
+        if self._stack is None:
+            for member in members:
+                with member.streams:
+                    member.outcome = update_outcome(member.trainer.agent, member.request)
+        else:
+            generators = SeedGenerators(member.streams.generator() for member in members)
+            outcomes = self._stack.update_seeds([member.request for member in members], generators)
+            for member, generator, outcome in zip(members, generators, outcomes, strict=True):
+                member.streams.take_back(generator)
+                member.outcome = outcome
+        for member in members:
+            member.request = None
 
     def close(self) -> None:
         for member in self.members:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from d2r.sac.build import build_agent, make_run_envs
 from d2r.sac.collect import Collector
 from d2r.sac.evaluation import evaluate_agent
 from d2r.sac.nonfinite import NonFiniteError
-from d2r.sac.replay import TaskReplayBuffer
+from d2r.sac.replay import Batch, TaskReplayBuffer
 from d2r.sac.run_state import EpochProgress, Stopped
 
 
@@ -52,6 +52,8 @@ class Trainer:
         self.stop = stop
         self.bar_position = bar_position  # the progress bar's line (a group: one per seed)
         self.prefix = ""  # before each line it prints: "seed N: " in a group of seeds (d2r.sac.group)
+        #: in a group of seeds, its seeds and how their updates ran (run.json "group"); None alone
+        self.group: dict | None = None
         seed_everything(run.seed)
 
         self.envs = make_run_envs(run, TRAIN_STREAM)
@@ -105,11 +107,11 @@ class Trainer:
     def updates_due(self, epoch: int) -> bool:
         return epoch >= self.budget.warmup_epochs and len(self.buffer) >= max(1, self.budget.min_replay)
 
-    def collect_and_update(self, epoch: int, progress: EpochProgress) -> Generator[None, None, dict[str, float]]:
+    def collect_and_update(self, epoch: int, progress: EpochProgress) -> Generator[Batch | None, dict | None,
+                                                                                    dict[str, float]]:
         """One epoch's episode per task and its updates, in sequence (paper) or overlapped; stops
-        (with a checkpoint) after the episode or any update when a signal came. A generator: it
-        yields after the episode (in sequence) and after each update, and returns the epoch's
-        statistics."""
+        (with a checkpoint) after the episode or any update when a signal came. A generator of
+        units (see `units`), returning the epoch's statistics."""
         overlap = self.run.sac.overlap_collection
         if progress.success is None:
             if not overlap:
@@ -137,19 +139,19 @@ class Trainer:
         progress.success = [int(s) for s in episode.success]
         progress.pending = episode.transitions
 
-    def train_steps(self, progress: EpochProgress) -> Generator[None, None, dict[str, float]]:
-        """The epoch's remaining updates, yielding after each; returns their mean statistics."""
+    def train_steps(self, progress: EpochProgress) -> Generator[Batch, dict, dict[str, float]]:
+        """The epoch's remaining updates: yields each one's batch and takes its statistics back (see
+        `units`); returns their mean statistics."""
         n = self.budget.updates_per_epoch
         totals = progress.totals
         while progress.updates < n:
             if progress.updates:  # the first update's safe point is the episode's
                 self.stop_if_asked(progress)
-            stats = self.agent.update(self.buffer.sample(self.budget.batch_per_task))
+            stats = yield self.buffer.sample(self.budget.batch_per_task)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0) + value
             progress.updates += 1
             self.updates += 1
-            yield
         self.check_deferred_faults()
         # One host synchronisation per epoch, not per update.
         return {key: round(float(value) / n, 6) for key, value in totals.items()}
@@ -210,14 +212,21 @@ class Trainer:
 
     def train(self) -> None:
         """The run from its newest checkpoint to `epochs`; raises Stopped after a signal."""
-        for _ in self.units():
-            pass
+        units, outcome = self.units(), None
+        while True:
+            try:
+                request = resume_units(units, outcome)
+            except StopIteration:
+                return
+            outcome = None if request is None else update_outcome(self.agent, request)
 
-    def units(self) -> Iterator[None]:
-        """The run from its newest checkpoint to `epochs`, as a generator that yields after each
-        unit of work: an epoch's episode (collection in sequence), each update, and each epoch's
-        end (evaluation, logs, checkpoint). `train` runs them all; a group of seeds
-        (d2r.sac.group) runs its seeds' units in turn, each between its own random streams.
+    def units(self) -> Generator[Batch | None, dict | None, None]:
+        """The run from its newest checkpoint to `epochs`, as a generator of its units of work. It
+        yields None after an epoch's episode (collection in sequence) and after each epoch's end
+        (evaluation, logs, checkpoint), and before each update the Batch to update on: whoever runs
+        the units updates the agent on it and sends back the update's statistics (`train` does it
+        with MultiTaskSAC.update; a group of seeds, d2r.sac.group, runs its seeds' units in turn,
+        each between its own random streams, and may update them together: d2r.sac.stacked).
         Raises Stopped after a signal, NonFiniteError on a NaN/Inf."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.resume():
@@ -283,6 +292,7 @@ class Trainer:
             "updates": self.updates,
             "wall_time": round(self.wall_time, 3),
             "code": code_version(),
+            **({"group": self.group} if self.group else {}),
         })
         self.close()
 
@@ -290,3 +300,20 @@ class Trainer:
         self.live.close()
         self.envs.close()
         self.eval_envs.close()
+
+
+def update_outcome(agent, batch: Batch) -> dict | BaseException:
+    """agent.update(batch): its statistics, or the error it raised (to hand to `resume_units`)."""
+    try:
+        return agent.update(batch)
+    except BaseException as err:  # raised again inside the run by resume_units
+        return err
+
+
+def resume_units(units: Generator, outcome: dict | BaseException | None) -> Batch | None:
+    """The run's next unit, given what its last request came to: the update's statistics are sent
+    back; its error is raised inside the run (which cleans up: an overlapped episode is joined)
+    and from there out."""
+    if isinstance(outcome, BaseException):
+        return units.throw(outcome)
+    return units.send(outcome)

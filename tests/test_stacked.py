@@ -1,0 +1,233 @@
+"""Seeds of a group updated together, their weights stacked along a seed dimension (issue 31,
+`group_update: stacked`, d2r.sac.stacked): each seed's update is its solo update to float rounding
+(its parameters, optimiser moments, temperatures and random stream), a seed's checkpoint is its own
+size, a stacked group trains each seed as alone (identical logs at a small budget), a signal stops
+and the rerun resumes it, and a seed with a non-finite gradient ends alone."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import ACTION, CASES, SAC, STATE, TASKS, filled_buffer, tiny_params, without_timing
+
+from d2r import cli
+from d2r.config import load_params
+from d2r.runtime.checkpoint import save_model
+from d2r.runtime.seeding import SeedGenerators
+from d2r.sac.agent import MultiTaskSAC
+from d2r.sac.group import SeedGroup, resolve_group_update
+from d2r.sac.stacked import StackedSAC, can_stack
+from d2r.sac.training import Trainer
+
+SEEDS, UPDATES = 3, 5
+STACKABLE = ["d2r", "d2r-sequential", "d2r-current-path", "mtsac"]
+#: relative difference allowed between a seed's stacked and solo results after UPDATES updates (float32)
+RTOL = 1e-6
+
+
+def seed_agents(case: str, cuda_graphs: str = "off") -> list[MultiTaskSAC]:
+    method, order = CASES[case]
+    sac = dataclasses.replace(SAC, update_order=order, cuda_graphs=cuda_graphs)
+    agents = []
+    for seed in range(SEEDS):
+        torch.manual_seed(seed)
+        agents.append(MultiTaskSAC(method, sac, STATE, ACTION, TASKS))
+    return agents
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
+
+
+def optimiser_moments(agent: MultiTaskSAC) -> list[torch.Tensor]:
+    return [state[key] for optim in (agent.policy_optim, agent.q_optim, agent.alpha_optim)
+            for state in optim.state.values() for key in ("exp_avg", "exp_avg_sq")]
+
+
+@pytest.mark.parametrize("case, cuda_graphs", [(c, "off") for c in STACKABLE] + [("d2r", "on")])
+def test_a_stacked_update_is_each_seeds_own_update_to_rounding(case, cuda_graphs):
+    agents = seed_agents(case, cuda_graphs)
+    batches = [[buf.sample(8) for _ in range(UPDATES)] for buf in
+               (filled_buffer(agent, steps=30, seed=seed) for seed, agent in enumerate(agents))]
+    solo, solo_stats, solo_streams = [copy.deepcopy(agent) for agent in agents], [], []
+    for seed, agent in enumerate(solo):
+        torch.manual_seed(100 + seed)
+        solo_stats.append([agent.update(batch) for batch in batches[seed]])
+        solo_streams.append(torch.get_rng_state())
+
+    assert can_stack(agents)
+    stack = StackedSAC(agents)
+    generators = SeedGenerators(torch.Generator().manual_seed(100 + seed) for seed in range(SEEDS))
+    stacked_stats = [stack.update_seeds([b[i] for b in batches], generators) for i in range(UPDATES)]
+
+    for seed in range(SEEDS):
+        got, want = agents[seed].state_dict(), solo[seed].state_dict()  # every network, log_alpha, temperature
+        for key in want:
+            assert relative_difference(want[key], got[key]) <= RTOL, (seed, key)
+        for got_moment, want_moment in zip(optimiser_moments(agents[seed]), optimiser_moments(solo[seed]), strict=True):
+            assert relative_difference(want_moment, got_moment) <= RTOL
+        for got_update, want_update in zip((s[seed] for s in stacked_stats), solo_stats[seed], strict=True):
+            assert got_update.keys() == want_update.keys()
+            for key in want_update:
+                assert float(got_update[key]) == pytest.approx(float(want_update[key]), rel=1e-5, abs=1e-7), key
+        # the same draws from each seed's stream, in the same number
+        assert torch.equal(generators[seed].get_state(), solo_streams[seed])
+        if cuda_graphs == "on":
+            assert agents[seed].pop_fault() is None
+
+
+def test_networks_with_weights_of_their_own_are_updated_one_by_one():
+    for case in ("mhsac", "moe", "softmod"):
+        assert not can_stack(seed_agents(case))
+    agents = seed_agents("d2r")
+    agents[0].update(filled_buffer(agents[0], steps=30).sample(8))
+    assert not can_stack(agents)  # seeds at different updates (after a resume): one by one until level
+
+
+def test_a_seeds_checkpoint_holds_its_own_weights_only(tmp_path):
+    agents = seed_agents("d2r")
+    alone = copy.deepcopy(agents[1])
+    StackedSAC(agents)  # agents[1]'s tensors are now views of the stack's
+    save_model(tmp_path / "stacked.pt", agents[1].state_dict())
+    save_model(tmp_path / "alone.pt", alone.state_dict())
+    assert (tmp_path / "stacked.pt").stat().st_size == (tmp_path / "alone.pt").stat().st_size
+    loaded = torch.load(tmp_path / "stacked.pt", weights_only=True)
+    for key, value in alone.state_dict().items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_group_update_setting_resolves_per_device():
+    assert resolve_group_update("stacked", "cpu") == "stacked"
+    assert resolve_group_update("sequential", "cuda") == "sequential"
+    assert resolve_group_update("auto", "cpu") in ("stacked", "sequential")
+    with pytest.raises(ValueError, match="group_update must be auto, stacked or sequential"):
+        resolve_group_update("together", "cpu")
+
+
+# ---- a stacked group's training ----------------------------------------------------------------
+EPOCHS = 3  # warm-up epoch 1; updates 1-3 in epoch 2, 4-6 in epoch 3
+GROUP = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory) -> Path:
+    path = tiny_params(tmp_path_factory.mktemp("params"), epochs=EPOCHS)
+    raw = yaml.safe_load(path.read_text())
+    raw["nets"]["mtsac"]["hidden"] = raw["nets"]["moe"]["hidden"] = [32, 32]
+    raw["nets"]["moe"]["num_experts"] = 2
+    raw["env"]["max_episode_steps"] = 20
+    raw["experiments"]["tiny"].update(methods=["d2r", "mtsac", "moe"], seeds=GROUP, group_update="stacked")
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+_solo: dict = {}
+
+
+def solo(params: Path, root: Path, method: str, seed: int) -> Path:
+    if (method, seed) not in _solo:
+        out = root / f"solo-{method}-seed{seed}"
+        Trainer(load_params(params).run("tiny", method, seed), out, progress=False).train()
+        _solo[method, seed] = out
+    return _solo[method, seed]
+
+
+def same_run_to_rounding(out: Path, reference: Path) -> None:
+    """Weights within RTOL, the same log lines but for timing (at this budget rounding has changed no
+    logged digit nor any decision), a model file of the solo one's size."""
+    got = torch.load(out / "model.pt", weights_only=True)
+    want = torch.load(reference / "model.pt", weights_only=True)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert relative_difference(want[key], got[key]) <= 10 * RTOL, key  # 6 updates, compounding
+    assert (out / "model.pt").stat().st_size == (reference / "model.pt").stat().st_size
+    for log in ("train_log.jsonl", "eval_log.jsonl"):
+        assert without_timing(out / log) == without_timing(reference / log), log
+
+
+def train_args(params: Path, out: str, method: str = "d2r") -> list[str]:
+    return ["train", "--params", str(params), "--experiment", "tiny", "--method", method,
+            *[a for s in GROUP for a in ("--seed", str(s))], "--out", out, "--no-progress"]
+
+
+@pytest.mark.parametrize("method", ["d2r", pytest.param("mtsac", marks=pytest.mark.slow)])
+def test_each_seed_of_a_stacked_group_trains_as_alone(params, tmp_path, tmp_path_factory, method, monkeypatch):
+    stacks = []
+    original = StackedSAC.__init__
+
+    def counted(self, agents):
+        stacks.append(len(agents))
+        original(self, agents)
+
+    monkeypatch.setattr(StackedSAC, "__init__", counted)
+    assert cli.main(train_args(params, str(tmp_path / "seed{seed}"), method)) == 0
+    assert stacks == [2]  # one stack for the whole run
+    for seed in GROUP:
+        same_run_to_rounding(tmp_path / f"seed{seed}", solo(params, tmp_path_factory.getbasetemp(), method, seed))
+        run_info = json.loads((tmp_path / f"seed{seed}" / "run.json").read_text())
+        assert run_info["group"] == {"seeds": GROUP, "update": "stacked"}
+
+
+@pytest.mark.slow
+def test_a_group_of_a_network_that_cannot_be_stacked_equals_its_solo_runs_exactly(params, tmp_path, tmp_path_factory):
+    runs = [load_params(params).run("tiny", "moe", seed) for seed in GROUP]
+    group = SeedGroup(runs, [tmp_path / f"seed{seed}" for seed in GROUP], torch.device("cpu"), progress=False,
+                      group_update="stacked")
+    try:
+        assert [member.ended for member in group.train()] == [None, None]
+    finally:
+        group.close()
+    for seed in GROUP:
+        reference = solo(params, tmp_path_factory.getbasetemp(), "moe", seed)
+        assert (tmp_path / f"seed{seed}" / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
+        run_info = json.loads((tmp_path / f"seed{seed}" / "run.json").read_text())
+        assert run_info["group"] == {"seeds": GROUP, "update": "sequential"}
+
+
+def on_stacked_update(monkeypatch, number: int, action) -> None:
+    """action(stack) before the `number`-th stacked update (1-based)."""
+    original, calls = StackedSAC.update_seeds, [0]
+
+    def update_seeds(stack, batches, generators):
+        calls[0] += 1
+        if calls[0] == number:
+            action(stack)
+        return original(stack, batches, generators)
+
+    monkeypatch.setattr(StackedSAC, "update_seeds", update_seeds)
+
+
+def test_a_signal_stops_a_stacked_group_and_the_rerun_resumes_it(params, tmp_path, tmp_path_factory, monkeypatch,
+                                                                 capsys):
+    out = str(tmp_path / "seed{seed}")
+    with monkeypatch.context() as patch:  # during update 2 of both seeds (epoch 2)
+        on_stacked_update(patch, 2, lambda stack: signal.raise_signal(signal.SIGTERM))
+        assert cli.main(train_args(params, out)) == 75
+    err = capsys.readouterr().err
+    for seed in GROUP:
+        assert f"seed {seed}: stopped by SIGTERM after 2 updates of epoch 2" in err, err
+    assert cli.main(train_args(params, out)) == 0
+    for seed in GROUP:
+        same_run_to_rounding(tmp_path / f"seed{seed}", solo(params, tmp_path_factory.getbasetemp(), "d2r", seed))
+
+
+def test_a_non_finite_gradient_ends_its_seed_alone_in_a_stacked_group(params, tmp_path, tmp_path_factory,
+                                                                      monkeypatch, capsys):
+    def nan_in_seed_1(stack):  # seed 1's slice of Q1's first weight's gradient
+        mask = torch.ones(len(GROUP), 1, 1)
+        mask[1] = float("nan")
+        next(stack.q1.parameters()).register_hook(lambda grad: grad * mask)
+
+    on_stacked_update(monkeypatch, 2, nan_in_seed_1)
+    assert cli.main(train_args(params, str(tmp_path / "seed{seed}"))) == 3
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: seed 1: update 2 (epoch 2): non-finite gradient in q1;"), line
+    assert not (tmp_path / "seed1" / "model.pt").exists()
+    same_run_to_rounding(tmp_path / "seed0", solo(params, tmp_path_factory.getbasetemp(), "d2r", 0))
