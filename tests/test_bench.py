@@ -31,7 +31,7 @@ def test_timed_alternately_returns_every_call_of_each_function_in_turn():
     assert [len(t) for t in times] == [3, 3] and all((t >= 0).all() for t in times)
 
 
-def test_the_seed_group_section_prints_a_row_per_group_size(capsys):
+def test_the_seed_group_section_prints_a_row_per_group_size_and_update(capsys):
     from d2r.jobs import bench as bench_job
 
     params = load_params(REPO / "params.yaml")
@@ -39,6 +39,7 @@ def test_the_seed_group_section_prints_a_row_per_group_size(capsys):
     out = capsys.readouterr().out.splitlines()
     assert "== a group of S seeds trained together" in out[1]
     rows = [line.split() for line in out[3:]]
-    assert [int(row[0]) for row in rows] == list(bench_job.GROUP_SIZES) == [1, 2, 5]
-    assert all(float(row[1]) > 0 and abs(float(row[2]) - int(row[0]) * float(row[1])) <= 0.02 * float(row[2])
+    assert [(int(row[0]), row[1]) for row in rows] == [
+        (1, "sequential"), (2, "sequential"), (2, "stacked"), (5, "sequential"), (5, "stacked")]
+    assert all(float(row[2]) > 0 and abs(float(row[3]) - int(row[0]) * float(row[2])) <= 0.02 * float(row[3])
                for row in rows)
