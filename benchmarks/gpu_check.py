@@ -246,6 +246,10 @@ def table(results: dict) -> str:
                 _unit(x) or " | ".join(f"{k} {v:.0f}" for k, v in x.items()))
         add("act() per vector step (D2R)", " | ".join(
             f"{b} " + (_unit(r.get(f'act {b}', {})) or f"{r[f'act {b}']['ms']:.2f} ms") for b in ("MT10", "MT50")))
+        group = [k for k in r if k.startswith("act MT10 S=")]
+        if group:
+            add("act() per vector step, a seed group (MT10)", " | ".join(
+                f"{k[9:]} " + (_unit(r[k]) or f"{r[k]['ms']:.2f} ms") for k in group))
     epochs = step("training epochs")
     if epochs:
         for key, row in epochs["rows"].items():

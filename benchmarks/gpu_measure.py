@@ -279,6 +279,18 @@ def collection_rates(params, sizes, device, deadline) -> dict:
             print(f"{key}: {out[key]['ms']:.3f} ms per vector step", flush=True)
         except Exception as err:
             out[key] = {"error": f"{type(err).__name__}: {err}"}
+    seeds = max(sizes.group_sizes)
+    for mode in ("one by one", "together"):  # a seed group's collection step (d2r.sac.collect)
+        key = f"act MT10 S={seeds} {mode}"
+        if deadline.passed():
+            out[key] = {"skipped": "out of time"}
+            continue
+        try:
+            step = bench.group_act(params, "d2r", MT10_TASKS, seeds, device, mode == "together")
+            out[key] = {"ms": 1000 * median(block_times(step, sizes.act_calls, 3, device))}
+            print(f"{key}: {out[key]['ms']:.3f} ms per vector step", flush=True)
+        except Exception as err:
+            out[key] = {"error": f"{type(err).__name__}: {err}"}
     return out
 
 

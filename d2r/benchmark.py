@@ -172,6 +172,27 @@ def seed_group_round(members: list, batch_per_task: int, stacked: bool = False):
     return stacked_round
 
 
+def group_act(params, method: str, num_tasks: int, seeds: int, device, together: bool):
+    """One vector step's actions for a group of `seeds` seeds (d2r.sac.collect), read back as
+    collection does: one act() per seed, or one for all (their policies stacked, each seed's noise
+    from its own generator). Returns that step as a function."""
+    from d2r.nets.stacking import stack_nets
+    from d2r.runtime.seeding import SeedGenerators
+    from d2r.sac.agent import TanhGaussianPolicy, behaviour_action
+
+    agents = [make_agent(params, method, num_tasks, device) for _ in range(seeds)]
+    generators = [torch.Generator(device).manual_seed(seed) for seed in range(seeds)]
+    state = torch.randn(num_tasks, mw.STATE_DIM, device=device)
+    task = torch.arange(num_tasks, device=device)
+    if not together:
+        return lambda: [behaviour_action(a.policy, a.temperature, state, task, g)[0].cpu()
+                        for a, g in zip(agents, generators)]
+    policy = TanhGaussianPolicy(stack_nets([a.policy.net for a in agents]), mw.ACTION_DIM)
+    temperature = torch.stack([a.temperature for a in agents])
+    states, tasks = state.repeat(seeds, 1), task.repeat(seeds)
+    return lambda: behaviour_action(policy, temperature, states, tasks, SeedGenerators(generators))[0].cpu()
+
+
 @contextmanager
 def _capture_grads(store: list):
     """Record every optimizer step's gradients (before the step), in order."""

@@ -18,10 +18,13 @@ import yaml
 from helpers import ACTION, CASES, SAC, STATE, TASKS, filled_buffer, tiny_params, without_timing
 
 from d2r import cli
+from d2r import envs as mw
 from d2r.config import load_params
 from d2r.runtime.checkpoint import save_model
 from d2r.runtime.seeding import SeedGenerators
 from d2r.sac.agent import MultiTaskSAC
+from d2r.sac.collect import Collector, collect_together
+from d2r.sac import group as group_module
 from d2r.sac.group import SeedGroup, resolve_group_update
 from d2r.sac.stacked import StackedSAC, can_stack
 from d2r.sac.training import Trainer
@@ -112,6 +115,38 @@ def test_group_update_setting_resolves_per_device():
         resolve_group_update("together", "cpu")
 
 
+@pytest.mark.parametrize("vector_strategy", ["sync", "async"])
+def test_collecting_together_gives_each_seed_its_own_episode(vector_strategy):
+    """One act() per step for all seeds' tasks: each seed's transitions, success and collector
+    stream as its collector's own episode gives them."""
+    tasks = ["reach", "drawer-close"]
+
+    def collectors():
+        out = []
+        for seed in range(SEEDS):
+            torch.manual_seed(seed)
+            agent = MultiTaskSAC(CASES["d2r"][0], SAC, mw.STATE_DIM, mw.ACTION_DIM, len(tasks))
+            envs = mw.make_task_envs(tasks, seed, goal_mode="random", max_episode_steps=15,
+                                     vector_strategy=vector_strategy)
+            out.append(Collector(agent, envs, torch.device("cpu"), seed=seed, cut_on_truncation=True))
+        return out
+
+    alone, together = collectors(), collectors()
+    try:
+        want = [collector.run() for collector in alone]
+        got = collect_together(together)
+        for w, g, a, t in zip(want, got, alone, together, strict=True):
+            assert list(g.success) == list(w.success)
+            assert len(g.transitions) == len(w.transitions) == 15
+            for got_step, want_step in zip(g.transitions, w.transitions):
+                for got_value, want_value in zip(got_step, want_step):
+                    assert torch.allclose(got_value.float(), want_value.float(), rtol=1e-5, atol=1e-6)
+            assert torch.equal(t.generator.get_state(), a.generator.get_state())
+    finally:
+        for collector in alone + together:
+            collector.envs.close()
+
+
 # ---- a stacked group's training ----------------------------------------------------------------
 EPOCHS = 3  # warm-up epoch 1; updates 1-3 in epoch 2, 4-6 in epoch 3
 GROUP = [0, 1]
@@ -129,15 +164,20 @@ def params(tmp_path_factory) -> Path:
     return path
 
 
+def run_config(params: Path, method: str, seed: int, overlap: bool = False):
+    run = load_params(params).run("tiny", method, seed)
+    return dataclasses.replace(run, sac=dataclasses.replace(run.sac, overlap_collection=overlap))
+
+
 _solo: dict = {}
 
 
-def solo(params: Path, root: Path, method: str, seed: int) -> Path:
-    if (method, seed) not in _solo:
-        out = root / f"solo-{method}-seed{seed}"
-        Trainer(load_params(params).run("tiny", method, seed), out, progress=False).train()
-        _solo[method, seed] = out
-    return _solo[method, seed]
+def solo(params: Path, root: Path, method: str, seed: int, overlap: bool = False) -> Path:
+    if (method, seed, overlap) not in _solo:
+        out = root / f"solo-{method}-{overlap}-seed{seed}"
+        Trainer(run_config(params, method, seed, overlap), out, progress=False).train()
+        _solo[method, seed, overlap] = out
+    return _solo[method, seed, overlap]
 
 
 def same_run_to_rounding(out: Path, reference: Path) -> None:
@@ -160,20 +200,49 @@ def train_args(params: Path, out: str, method: str = "d2r") -> list[str]:
 
 @pytest.mark.parametrize("method", ["d2r", pytest.param("mtsac", marks=pytest.mark.slow)])
 def test_each_seed_of_a_stacked_group_trains_as_alone(params, tmp_path, tmp_path_factory, method, monkeypatch):
-    stacks = []
-    original = StackedSAC.__init__
+    stacks, episodes = [], []
+    original_init, original_collect = StackedSAC.__init__, group_module.collect_together
 
     def counted(self, agents):
         stacks.append(len(agents))
-        original(self, agents)
+        original_init(self, agents)
+
+    def collect(collectors):
+        episodes.append(len(collectors))
+        return original_collect(collectors)
 
     monkeypatch.setattr(StackedSAC, "__init__", counted)
+    monkeypatch.setattr(group_module, "collect_together", collect)
     assert cli.main(train_args(params, str(tmp_path / "seed{seed}"), method)) == 0
     assert stacks == [2]  # one stack for the whole run
+    assert episodes == [2] * EPOCHS  # every epoch's episodes collected together
     for seed in GROUP:
         same_run_to_rounding(tmp_path / f"seed{seed}", solo(params, tmp_path_factory.getbasetemp(), method, seed))
         run_info = json.loads((tmp_path / f"seed{seed}" / "run.json").read_text())
         assert run_info["group"] == {"seeds": GROUP, "update": "stacked"}
+
+
+def test_an_overlapped_stacked_group_collects_in_one_background_episode(params, tmp_path, tmp_path_factory,
+                                                                       monkeypatch):
+    started = []
+    original = group_module.start_together
+
+    def start(collectors):
+        started.append(len(collectors))
+        original(collectors)
+
+    monkeypatch.setattr(group_module, "start_together", start)
+    runs = [run_config(params, "d2r", seed, overlap=True) for seed in GROUP]
+    group = SeedGroup(runs, [tmp_path / f"seed{seed}" for seed in GROUP], torch.device("cpu"), progress=False,
+                      group_update="stacked")
+    try:
+        assert [member.ended for member in group.train()] == [None, None]
+    finally:
+        group.close()
+    assert started == [2] * EPOCHS
+    for seed in GROUP:
+        reference = solo(params, tmp_path_factory.getbasetemp(), "d2r", seed, overlap=True)
+        same_run_to_rounding(tmp_path / f"seed{seed}", reference)
 
 
 @pytest.mark.slow

@@ -90,6 +90,11 @@ def seed_groups(params, device, reps: int, method: str = "d2r", num_tasks: int =
             seconds = B.bench_seed_group(params, method, num_tasks, seeds, reps, device, stacked)
             print(f"{seeds:3d} {'stacked' if stacked else 'sequential':>13s} {1 / seconds:19.2f} "
                   f"{seeds / seconds:21.2f} {1000 * seconds:18.1f}")
+    print(f"act() per vector step of the group (collection, {num_tasks} tasks per seed), ms: one by one | together")
+    for seeds in sizes[1:]:
+        one_by_one, together = (B._timed(B.group_act(params, method, num_tasks, seeds, device, stacked),
+                                         max(reps, 20), device) for stacked in (False, True))
+        print(f"{seeds:3d} {1000 * one_by_one:13.2f} | {1000 * together:.2f}")
 
 
 def efficiency(params, device, rounds: int) -> None:

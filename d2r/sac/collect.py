@@ -10,6 +10,11 @@ behaviour policy is at most one epoch (updates_per_epoch updates) old.
 
 On a GPU the episode runs on its own CUDA stream: every step reads its action back to the host,
 and on the learner's stream that read would wait for every update queued there.
+
+A group of seeds (d2r.sac.group) may collect its seeds' episodes together (`collect_together`):
+one act() per step for all seeds' tasks, their policy snapshots stacked (d2r.nets.stacking), each
+seed's noise from its own collector's generator; each seed's episode is then its own to float
+rounding.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from d2r.sac.agent import behaviour_action
-from d2r.sac.rollout import run_episode
+from d2r.nets.stacking import stack_nets
+from d2r.runtime.seeding import SeedGenerators
+from d2r.sac.agent import TanhGaussianPolicy, behaviour_action
+from d2r.sac.rollout import run_episode, run_episodes
 
 
 @dataclass
@@ -59,16 +66,21 @@ class Collector:
     def _act(self, state, task):
         return behaviour_action(self.policy, self.temperature, state, task, self.generator)
 
-    def _episode(self) -> Episode:
-        transitions = []
-
+    def _keeper(self, transitions: list):
+        """on_step for run_episode: each transition into `transitions` as the replay buffer takes it."""
         def keep(state, action, reward, next_state, terminated, truncated, route):
             done = terminated | (truncated & self.cut_on_truncation)
             transitions.append((state, action, torch.as_tensor(reward, dtype=torch.float32, device=self.device),
                                 next_state, torch.as_tensor(done, device=self.device), route))
+        return keep
 
-        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            success = run_episode(self.envs, self._act, self.device, on_step=keep).success
+    def _on_stream(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def _episode(self) -> Episode:
+        transitions = []
+        with self._on_stream():
+            success = run_episode(self.envs, self._act, self.device, on_step=self._keeper(transitions)).success
         return Episode(success, transitions)
 
     def run(self) -> Episode:
@@ -103,3 +115,55 @@ class Collector:
         if isinstance(result, BaseException):
             raise result
         return result
+
+
+def collect_together(collectors: list[Collector]) -> list[Episode]:
+    """One episode of each collector (the seeds of a group, their policies of one stackable kind:
+    d2r.nets.stacking) at once: one act() per step for all their tasks, with their policies'
+    snapshots stacked and each one's noise from its own generator; each one's envs stepped with its
+    actions. Returns each collector's Episode, as its `run` would to float rounding."""
+    for collector in collectors:
+        collector._snapshot()
+    episodes = _episodes_together(collectors)
+    for collector in collectors:
+        collector._handover()
+    return episodes
+
+
+def start_together(collectors: list[Collector]) -> None:
+    """collect_together in a background thread, as each collector's `start` (each one's `join`
+    returns its episode)."""
+    for collector in collectors:
+        collector._snapshot()
+
+    def target():
+        try:
+            outcomes = _episodes_together(collectors)
+        except BaseException as err:  # re-raised by every collector's join()
+            outcomes = [err] * len(collectors)
+        for collector, outcome in zip(collectors, outcomes):
+            collector._result = outcome
+
+    thread = threading.Thread(target=target, name="d2r-collector-group", daemon=True)
+    for collector in collectors:
+        collector._thread = thread
+    thread.start()
+
+
+def _episodes_together(collectors: list[Collector]) -> list[Episode]:
+    first = collectors[0]
+    policy = TanhGaussianPolicy(stack_nets([c.policy.net for c in collectors]), first.policy.action_dim)
+    temperature = torch.stack([c.temperature for c in collectors])  # [S, T]
+    generators = SeedGenerators(c.generator for c in collectors)
+
+    def act(state, task):
+        return behaviour_action(policy, temperature, state, task, generators)
+
+    transitions = [[] for _ in collectors]
+    with first._on_stream():  # the first's stream: every collector's waited for the learner (_snapshot)
+        results = run_episodes([c.envs for c in collectors], act, first.device,
+                               [c._keeper(kept) for c, kept in zip(collectors, transitions)])
+    for collector in collectors[1:]:
+        if collector.stream is not None:  # each one's handover then waits for the episode's work
+            collector.stream.wait_stream(first.stream)
+    return [Episode(result.success, kept) for result, kept in zip(results, transitions)]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,11 +41,11 @@ from d2r.nets.stacking import stackable
 from d2r.runtime.io import WriteError
 from d2r.runtime.seeding import RandomStreams, SeedGenerators
 from d2r.runtime.signals import GracefulStop
+from d2r.sac.collect import collect_together, start_together
 from d2r.sac.nonfinite import NonFiniteError
-from d2r.sac.replay import Batch
 from d2r.sac.run_state import Stopped
 from d2r.sac.stacked import StackedSAC, can_stack
-from d2r.sac.training import Trainer, resume_units, update_outcome
+from d2r.sac.training import Collection, Request, Trainer, fulfil, resume_units
 
 #: what ends one seed's run early; anything else (a bug, a second signal) ends the whole group
 ENDS_A_SEED = (Stopped, NonFiniteError, WriteError)
@@ -69,9 +70,9 @@ class Member:
 
     trainer: Trainer
     streams: RandomStreams
-    units: Generator[Batch | None, dict | None, None] | None = None
-    request: Batch | None = None  # the batch of its next update, while it waits for the others'
-    outcome: dict | BaseException | None = None  # its last update's statistics or error, to hand back
+    units: Generator[Request | None, Any, None] | None = None
+    request: Request | None = None  # its next update or episode, while it waits for the others'
+    outcome: Any = None  # what its last request came to (d2r.sac.training.fulfil), to hand back
     ended: BaseException | None = None  # Stopped, NonFiniteError or WriteError; None when finished
 
     @property
@@ -113,7 +114,7 @@ class SeedGroup:
                         request = resume_units(member.units, member.outcome)
                         member.outcome = None
                         if request is not None and not self.stacked:
-                            member.outcome = update_outcome(member.trainer.agent, request)
+                            member.outcome = fulfil(member.trainer.agent, request)
                         else:
                             member.request = request
                     continue
@@ -125,8 +126,30 @@ class SeedGroup:
                 if on_end is not None:
                     on_end(member)
             if running and all(member.request is not None for member in running):
-                self._update_together(running)
+                self._together(running)
         return self.members
+
+    def _together(self, members: list[Member]) -> None:
+        """Every running seed's request, together where they can be: all updates as one stacked
+        update, all episodes collected with one act() per step; else one by one."""
+        requests = [member.request for member in members]
+        collections = {r.background for r in requests if isinstance(r, Collection)}
+        if len(collections) == 1 and len(requests) > 1 and all(isinstance(r, Collection) for r in requests) and (
+                stackable(members[0].trainer.agent.policy.net)):
+            if collections == {True}:  # overlapped: one background episode for all
+                start_together([r.collector for r in requests])
+            else:
+                episodes = collect_together([r.collector for r in requests])
+                for member, episode in zip(members, episodes, strict=True):
+                    member.outcome = episode
+        elif not any(isinstance(r, Collection) for r in requests):
+            self._update_together(members)
+        else:
+            for member in members:
+                with member.streams:
+                    member.outcome = fulfil(member.trainer.agent, member.request)
+        for member in members:
+            member.request = None
 
     def _update_together(self, members: list[Member]) -> None:
         """Every running seed's update of the batch it waits with, stacked (one update for all)
@@ -140,15 +163,13 @@ class SeedGroup:
         if self._stack is None:
             for member in members:
                 with member.streams:
-                    member.outcome = update_outcome(member.trainer.agent, member.request)
+                    member.outcome = fulfil(member.trainer.agent, member.request)
         else:
             generators = SeedGenerators(member.streams.generator() for member in members)
             outcomes = self._stack.update_seeds([member.request for member in members], generators)
             for member, generator, outcome in zip(members, generators, outcomes, strict=True):
                 member.streams.take_back(generator)
                 member.outcome = outcome
-        for member in members:
-            member.request = None
 
     def close(self) -> None:
         for member in self.members:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ from d2r.runtime.seeding import EVAL_STREAM, TRAIN_STREAM, seed_everything
 from d2r.runtime.signals import GracefulStop
 from d2r.sac import run_state
 from d2r.sac.build import build_agent, make_run_envs
-from d2r.sac.collect import Collector
+from d2r.sac.collect import Collector, Episode
 from d2r.sac.evaluation import evaluate_agent
 from d2r.sac.nonfinite import NonFiniteError
 from d2r.sac.replay import Batch, TaskReplayBuffer
@@ -107,23 +109,22 @@ class Trainer:
     def updates_due(self, epoch: int) -> bool:
         return epoch >= self.budget.warmup_epochs and len(self.buffer) >= max(1, self.budget.min_replay)
 
-    def collect_and_update(self, epoch: int, progress: EpochProgress) -> Generator[Batch | None, dict | None,
+    def collect_and_update(self, epoch: int, progress: EpochProgress) -> Generator[Request | None, Any,
                                                                                     dict[str, float]]:
         """One epoch's episode per task and its updates, in sequence (paper) or overlapped; stops
         (with a checkpoint) after the episode or any update when a signal came. A generator of
         units (see `units`), returning the epoch's statistics."""
         overlap = self.run.sac.overlap_collection
-        if progress.success is None:
-            if not overlap:
-                episode = self.collector.run()
-                self.store(episode.transitions)
-                progress.success = [int(s) for s in episode.success]
-                self.stop_if_asked(progress)
-                yield
-            else:
-                self.collector.start()  # the episode runs while the learner updates on earlier data
-        due = self.updates_due(epoch) if progress.updates == 0 else True
+        if progress.success is None and not overlap:
+            episode = yield Collection(self.collector)
+            self.store(episode.transitions)
+            progress.success = [int(s) for s in episode.success]
+            self.stop_if_asked(progress)
+            yield
         try:
+            if progress.success is None and overlap:  # the episode runs while the learner updates on earlier data
+                yield Collection(self.collector, background=True)
+            due = self.updates_due(epoch) if progress.updates == 0 else True
             stats = (yield from self.train_steps(progress)) if due else {}
         finally:
             if self.collector.busy:  # also when an update failed: the thread is not left running
@@ -218,15 +219,16 @@ class Trainer:
                 request = resume_units(units, outcome)
             except StopIteration:
                 return
-            outcome = None if request is None else update_outcome(self.agent, request)
+            outcome = None if request is None else fulfil(self.agent, request)
 
-    def units(self) -> Generator[Batch | None, dict | None, None]:
+    def units(self) -> Generator[Request | None, Any, None]:
         """The run from its newest checkpoint to `epochs`, as a generator of its units of work. It
         yields None after an epoch's episode (collection in sequence) and after each epoch's end
-        (evaluation, logs, checkpoint), and before each update the Batch to update on: whoever runs
-        the units updates the agent on it and sends back the update's statistics (`train` does it
-        with MultiTaskSAC.update; a group of seeds, d2r.sac.group, runs its seeds' units in turn,
-        each between its own random streams, and may update them together: d2r.sac.stacked).
+        (evaluation, logs, checkpoint), and a request before each update (the Batch to update on)
+        and each episode collected in sequence (a Collection): whoever runs the units does what it
+        asks and sends back the outcome (`fulfil`: what `train` does; a group of seeds,
+        d2r.sac.group, runs its seeds' units in turn, each between its own random streams, and may
+        do their requests together: d2r.sac.stacked, d2r.sac.collect.collect_together).
         Raises Stopped after a signal, NonFiniteError on a NaN/Inf."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.resume():
@@ -302,18 +304,34 @@ class Trainer:
         self.eval_envs.close()
 
 
-def update_outcome(agent, batch: Batch) -> dict | BaseException:
-    """agent.update(batch): its statistics, or the error it raised (to hand to `resume_units`)."""
+@dataclass(frozen=True)
+class Collection:
+    """A unit's request (Trainer.units): one episode of the run's collector, now (Collector.run) or
+    in the background (`background`: Collector.start; the run joins it)."""
+
+    collector: Collector
+    background: bool = False
+
+
+#: what a run's units ask for: an update of a Batch, or a Collection
+Request = Batch | Collection
+
+
+def fulfil(agent, request: Request) -> dict | Episode | BaseException:
+    """What `request` asks, done: the update's statistics or the episode; or the error it raised
+    (to hand to `resume_units`)."""
     try:
-        return agent.update(batch)
+        if isinstance(request, Collection):
+            return request.collector.start() if request.background else request.collector.run()
+        return agent.update(request)
     except BaseException as err:  # raised again inside the run by resume_units
         return err
 
 
-def resume_units(units: Generator, outcome: dict | BaseException | None) -> Batch | None:
-    """The run's next unit, given what its last request came to: the update's statistics are sent
-    back; its error is raised inside the run (which cleans up: an overlapped episode is joined)
-    and from there out."""
+def resume_units(units: Generator, outcome: dict | Episode | BaseException | None) -> Request | None:
+    """The run's next unit, given what its last request came to: the update's statistics or the
+    episode are sent back; an error is raised inside the run (which cleans up: an overlapped
+    episode is joined) and from there out."""
     if isinstance(outcome, BaseException):
         return units.throw(outcome)
     return units.send(outcome)
