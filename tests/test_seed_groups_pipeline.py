@@ -1,10 +1,12 @@
 """Seed groups through Snakemake (issue 31): with `seeds_per_job: 2` one job trains both seeds of
 a method, each seed's files are those of its solo job, a group job stopped by SIGTERM resumes
-every seed exactly when the same command runs again, and changing seeds_per_job or group_update
-alone re-runs nothing."""
+every seed exactly when the same command runs again, changing seeds_per_job or group_update
+alone re-runs nothing, and a stacked group job (group_update: stacked) gives each seed its solo
+run's logs to float rounding."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -94,3 +96,31 @@ def test_a_group_job_trains_each_seed_as_alone_and_resumes_after_sigterm(solo, t
     assert planned(solo) == {}
     edit_params(solo, grouped(2, group_update="stacked"))
     assert planned(solo) == {}
+
+
+def close_records(got, want, where: str = "") -> None:
+    """The same log lines to float rounding: equal but for floats within 1e-4 relative."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            close_records(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want)):
+            close_records(a, b, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), where
+    else:
+        assert got == want, where
+
+
+def test_a_stacked_group_job_trains_each_seed_as_alone_to_rounding(solo, tmp_path):
+    repo = new_copy(tmp_path / "repo", seeds_per_job=2)
+    edit_params(repo, grouped(2, group_update="stacked"))
+    assert planned(repo) == {"setup": 1, GROUP_RULE: 1, "evaluate": 2, "analyse": 2, "report": 1}
+    snakemake(repo, "--cores", "2", TARGET)
+    for seed in SEEDS:
+        run_info = json.loads((run_dir(repo, seed) / "run.json").read_text())
+        assert run_info["group"] == {"seeds": SEEDS, "update": "stacked"}
+        for name in ("train_log.jsonl", "eval_log.jsonl"):
+            close_records(without_timing(run_dir(repo, seed) / name), without_timing(run_dir(solo, seed) / name))

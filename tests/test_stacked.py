@@ -22,9 +22,9 @@ from d2r import envs as mw
 from d2r.config import load_params
 from d2r.runtime.checkpoint import save_model
 from d2r.runtime.seeding import SeedGenerators
+from d2r.sac import group as group_module
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.collect import Collector, collect_together
-from d2r.sac import group as group_module
 from d2r.sac.group import SeedGroup, resolve_group_update
 from d2r.sac.stacked import StackedSAC, can_stack
 from d2r.sac.training import Trainer

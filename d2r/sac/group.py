@@ -93,7 +93,8 @@ class SeedGroup:
                               bar_position=position if len(runs) > 1 else None)
             self.members.append(Member(trainer, RandomStreams(device)))
         if len(runs) > 1:
-            update = "stacked" if self.stacked and stackable(self.members[0].trainer.agent.policy.net) else "sequential"
+            stacks = self.stacked and stackable(self.members[0].trainer.agent.policy.net)
+            update = "stacked" if stacks else "sequential"
             for member in self.members:
                 member.trainer.prefix = f"seed {member.seed}: "
                 member.trainer.group = {"seeds": [run.seed for run in runs], "update": update}
@@ -108,7 +109,7 @@ class SeedGroup:
         while running:
             for member in list(running):
                 if member.request is not None:
-                    continue  # its update waits for the other seeds'
+                    continue  # its request waits for the other seeds'
                 try:
                     with member.streams:
                         request = resume_units(member.units, member.outcome)
@@ -133,17 +134,18 @@ class SeedGroup:
         """Every running seed's request, together where they can be: all updates as one stacked
         update, all episodes collected with one act() per step; else one by one."""
         requests = [member.request for member in members]
-        collections = {r.background for r in requests if isinstance(r, Collection)}
-        if len(collections) == 1 and len(requests) > 1 and all(isinstance(r, Collection) for r in requests) and (
-                stackable(members[0].trainer.agent.policy.net)):
-            if collections == {True}:  # overlapped: one background episode for all
-                start_together([r.collector for r in requests])
+        collections = [r for r in requests if isinstance(r, Collection)]
+        background = {r.background for r in collections}
+        if not collections:
+            self._update_together(members)
+        elif (len(collections) == len(requests) > 1 and len(background) == 1
+              and stackable(members[0].trainer.agent.policy.net)):
+            if background == {True}:  # overlapped: one background episode for all
+                start_together([r.collector for r in collections])
             else:
-                episodes = collect_together([r.collector for r in requests])
+                episodes = collect_together([r.collector for r in collections])
                 for member, episode in zip(members, episodes, strict=True):
                     member.outcome = episode
-        elif not any(isinstance(r, Collection) for r in requests):
-            self._update_together(members)
         else:
             for member in members:
                 with member.streams:

@@ -14,8 +14,8 @@ import sys
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,8 +225,8 @@ class Trainer:
         """The run from its newest checkpoint to `epochs`, as a generator of its units of work. It
         yields None after an epoch's episode (collection in sequence) and after each epoch's end
         (evaluation, logs, checkpoint), and a request before each update (the Batch to update on)
-        and each episode collected in sequence (a Collection): whoever runs the units does what it
-        asks and sends back the outcome (`fulfil`: what `train` does; a group of seeds,
+        and each episode (a Collection, now or in the background): whoever runs the units does what
+        it asks and sends back the outcome (`fulfil`: what `train` does; a group of seeds,
         d2r.sac.group, runs its seeds' units in turn, each between its own random streams, and may
         do their requests together: d2r.sac.stacked, d2r.sac.collect.collect_together).
         Raises Stopped after a signal, NonFiniteError on a NaN/Inf."""
