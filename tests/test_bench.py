@@ -38,8 +38,11 @@ def test_the_seed_group_section_prints_a_row_per_group_size_and_update(capsys):
     bench_job.seed_groups(params, torch.device("cpu"), reps=1, method="mtsac", num_tasks=2)
     out = capsys.readouterr().out.splitlines()
     assert "== a group of S seeds trained together" in out[1]
-    rows = [line.split() for line in out[3:]]
+    rows = [line.split() for line in out[3:8]]
     assert [(int(row[0]), row[1]) for row in rows] == [
         (1, "sequential"), (2, "sequential"), (2, "stacked"), (5, "sequential"), (5, "stacked")]
     assert all(float(row[2]) > 0 and abs(float(row[3]) - int(row[0]) * float(row[2])) <= 0.02 * float(row[3])
                for row in rows)
+    assert out[8].startswith("act() per vector step of the group")
+    acts = [line.split() for line in out[9:]]  # S, one by one | together
+    assert [int(row[0]) for row in acts] == [2, 5] and all(float(row[1]) > 0 and float(row[3]) > 0 for row in acts)

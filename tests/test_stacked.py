@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ACTION, CASES, SAC, STATE, TASKS, filled_buffer, tiny_params, without_timing
+from helpers import ACTION, CASES, SAC, SMALL_D2R, STATE, TASKS, d2r_method, filled_buffer, tiny_params, without_timing
 
 from d2r import cli
 from d2r import envs as mw
-from d2r.config import load_params
+from d2r.config import MethodConfig, load_params
 from d2r.runtime.checkpoint import save_model
 from d2r.runtime.seeding import SeedGenerators
 from d2r.sac import group as group_module
@@ -30,14 +30,18 @@ from d2r.sac.stacked import StackedSAC, can_stack
 from d2r.sac.training import Trainer
 
 SEEDS, UPDATES = 3, 5
-STACKABLE = ["d2r", "d2r-sequential", "d2r-current-path", "mtsac"]
+#: every network kind and update order (D2R with ResRouting, without, on the current path, at fixed depth)
+STACKED_CASES = {**CASES,
+                 "d2r-no-resrouting": (d2r_method(resrouting=False), "joint"),
+                 "d2r-fixed-depth": (MethodConfig(name="d2r", net="d2r", net_args={**SMALL_D2R, "fixed_depth": True},
+                                                  resrouting=False, route_balance=False), "joint")}
 #: relative difference allowed between a seed's stacked and solo weights after UPDATES updates (float32);
 #: the Adam moments (running gradients) keep the gradients' rounding: ten times that
 RTOL = 1e-6
 
 
 def seed_agents(case: str, cuda_graphs: str = "off") -> list[MultiTaskSAC]:
-    method, order = CASES[case]
+    method, order = STACKED_CASES[case]
     sac = dataclasses.replace(SAC, update_order=order, cuda_graphs=cuda_graphs)
     agents = []
     for seed in range(SEEDS):
@@ -55,7 +59,7 @@ def optimiser_moments(agent: MultiTaskSAC) -> list[torch.Tensor]:
             for state in optim.state.values() for key in ("exp_avg", "exp_avg_sq")]
 
 
-@pytest.mark.parametrize("case, cuda_graphs", [(c, "off") for c in STACKABLE] + [("d2r", "on")])
+@pytest.mark.parametrize("case, cuda_graphs", [(c, "off") for c in STACKED_CASES] + [("d2r", "on")])
 def test_a_stacked_update_is_each_seeds_own_update_to_rounding(case, cuda_graphs):
     agents = seed_agents(case, cuda_graphs)
     batches = [[buf.sample(8) for _ in range(UPDATES)] for buf in
@@ -87,9 +91,7 @@ def test_a_stacked_update_is_each_seeds_own_update_to_rounding(case, cuda_graphs
             assert agents[seed].pop_fault() is None
 
 
-def test_networks_with_weights_of_their_own_are_updated_one_by_one():
-    for case in ("mhsac", "moe", "softmod"):
-        assert not can_stack(seed_agents(case))
+def test_seeds_at_different_updates_are_not_stacked():
     agents = seed_agents("d2r")
     agents[0].update(filled_buffer(agents[0], steps=30).sample(8))
     assert not can_stack(agents)  # seeds at different updates (after a resume): one by one until level
@@ -198,7 +200,8 @@ def train_args(params: Path, out: str, method: str = "d2r") -> list[str]:
             *[a for s in GROUP for a in ("--seed", str(s))], "--out", out, "--no-progress"]
 
 
-@pytest.mark.parametrize("method", ["d2r", pytest.param("mtsac", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["d2r", pytest.param("mtsac", marks=pytest.mark.slow),
+                                    pytest.param("moe", marks=pytest.mark.slow)])
 def test_each_seed_of_a_stacked_group_trains_as_alone(params, tmp_path, tmp_path_factory, method, monkeypatch):
     stacks, episodes = [], []
     original_init, original_collect = StackedSAC.__init__, group_module.collect_together
@@ -243,22 +246,6 @@ def test_an_overlapped_stacked_group_collects_in_one_background_episode(params, 
     for seed in GROUP:
         reference = solo(params, tmp_path_factory.getbasetemp(), "d2r", seed, overlap=True)
         same_run_to_rounding(tmp_path / f"seed{seed}", reference)
-
-
-@pytest.mark.slow
-def test_a_group_of_a_network_that_cannot_be_stacked_equals_its_solo_runs_exactly(params, tmp_path, tmp_path_factory):
-    runs = [load_params(params).run("tiny", "moe", seed) for seed in GROUP]
-    group = SeedGroup(runs, [tmp_path / f"seed{seed}" for seed in GROUP], torch.device("cpu"), progress=False,
-                      group_update="stacked")
-    try:
-        assert [member.ended for member in group.train()] == [None, None]
-    finally:
-        group.close()
-    for seed in GROUP:
-        reference = solo(params, tmp_path_factory.getbasetemp(), "moe", seed)
-        assert (tmp_path / f"seed{seed}" / "model.pt").read_bytes() == (reference / "model.pt").read_bytes()
-        run_info = json.loads((tmp_path / f"seed{seed}" / "run.json").read_text())
-        assert run_info["group"] == {"seeds": GROUP, "update": "sequential"}
 
 
 def on_stacked_update(monkeypatch, number: int, action) -> None:

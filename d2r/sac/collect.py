@@ -118,7 +118,7 @@ class Collector:
 
 
 def collect_together(collectors: list[Collector]) -> list[Episode]:
-    """One episode of each collector (the seeds of a group, their policies of one stackable kind:
+    """One episode of each collector (the seeds of a group, their policies of one kind and size:
     d2r.nets.stacking) at once: one act() per step for all their tasks, with their policies'
     snapshots stacked and each one's noise from its own generator; each one's envs stepped with its
     actions. Returns each collector's Episode, as its `run` would to float rounding."""

@@ -17,9 +17,9 @@ same epoch boundaries.
 The updates (`group_update`, resolve_group_update): `sequential` runs each seed's update on its
 own, one after the other, each exactly its solo update; `stacked` runs update i of every seed
 as one update of the seeds' weights stacked along a seed dimension (d2r.sac.stacked: one kernel
-for all seeds, each seed's result its solo update's to float rounding), where the network allows
-it (D2R, MT-SAC) and the seeds are at the same update (after a resume they may be a unit apart:
-they update one by one until they are level).
+for all seeds, each seed's result its solo update's to float rounding), and collects their
+episodes with one act() per step, when the seeds are at the same update (after a resume they may
+be a unit apart: they update one by one until they are level).
 
 Stops and faults: on SIGTERM/SIGINT every seed stops at its own next safe point with a checkpoint
 of exactly there (the seeds may stop a unit apart; rerunning the same command resumes each
@@ -37,7 +37,6 @@ from typing import Any
 import torch
 
 from d2r.config import RunConfig
-from d2r.nets.stacking import stackable
 from d2r.runtime.io import WriteError
 from d2r.runtime.seeding import RandomStreams, SeedGenerators
 from d2r.runtime.signals import GracefulStop
@@ -93,8 +92,7 @@ class SeedGroup:
                               bar_position=position if len(runs) > 1 else None)
             self.members.append(Member(trainer, RandomStreams(device)))
         if len(runs) > 1:
-            stacks = self.stacked and stackable(self.members[0].trainer.agent.policy.net)
-            update = "stacked" if stacks else "sequential"
+            update = "stacked" if self.stacked else "sequential"
             for member in self.members:
                 member.trainer.prefix = f"seed {member.seed}: "
                 member.trainer.group = {"seeds": [run.seed for run in runs], "update": update}
@@ -138,8 +136,7 @@ class SeedGroup:
         background = {r.background for r in collections}
         if not collections:
             self._update_together(members)
-        elif (len(collections) == len(requests) > 1 and len(background) == 1
-              and stackable(members[0].trainer.agent.policy.net)):
+        elif len(collections) == len(requests) > 1 and len(background) == 1:
             if background == {True}:  # overlapped: one background episode for all
                 start_together([r.collector for r in collections])
             else:
