@@ -230,7 +230,7 @@ def table(results: dict) -> str:
         add("D2R graph update, larger batch", "; ".join(cells) + (f"; time x{ratio[1] / ratio[0]:.2f}"
                                                                    if len(ratio) == 2 else ""))
     if r := step("seed groups"):
-        add("D2R seed group (sequential: graphs, one stream; stacked: eager)", "; ".join(
+        add("D2R seed group (sequential: a graph per seed, in turn; stacked: one graph)", "; ".join(
             f"{k}: " + (_unit(v) or f"{v['per_seed_updates_per_s']:.1f} updates/s per seed, "
                                     f"{v['updates_per_s']:.1f} together") for k, v in r["rows"].items()))
     if r := step("shared GPU"):

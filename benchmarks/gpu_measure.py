@@ -219,7 +219,7 @@ def d2r_large_batch(params, sizes, device, deadline) -> dict:
 def seed_groups(params, sizes, device, deadline) -> dict:
     """A group of S D2R agents as the `train` job updates them (d2r.sac.group), S in
     sizes.group_sizes: `sequential`, one graph update of each seed in turn, each in its own random
-    streams; `stacked` (S > 1), one eager update of the seeds' stacked weights (d2r.sac.stacked).
+    streams; `stacked` (S > 1), one graph update of the seeds' stacked weights (d2r.sac.stacked).
     Per-seed and total updates/s: which is faster sets d2r.sac.group.AUTO_STACKED["cuda"]."""
     from d2r.runtime.seeding import RandomStreams
 
@@ -238,6 +238,8 @@ def seed_groups(params, sizes, device, deadline) -> dict:
                     agent, buf = ready_agent(params, "d2r", "on", sizes.batch_per_task, sizes, device)
                     members.append((agent, buf, RandomStreams(device)))
                 round_of_updates = bench.seed_group_round(members, sizes.batch_per_task, mode == "stacked")
+                for _ in range(sizes.warm if mode == "stacked" else 0):  # the stack's graph: warm-ups, capture
+                    round_of_updates()
                 out = {}
                 times = block_times(lambda: out.update(round_of_updates()), sizes.calls, sizes.blocks, device)
                 for agent, stats in out.items():

@@ -205,6 +205,22 @@ def planned(repo: Path, *args: str, target: str = TARGET) -> dict[str, int]:
     return jobs
 
 
+# ---- an update without host reads (cuda_graphs on: what a CUDA graph captures) ---------------------
+#: every way a tensor's value reaches Python
+HOST_READS = ("item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__", "__index__")
+
+
+def refuse_host_reads(patch) -> None:
+    """Every way a tensor's value reaches Python raises, under the monkeypatch `patch`."""
+    def refused(name):
+        def read(self, *args, **kwargs):
+            raise AssertionError(f"host read in the update: Tensor.{name}")
+        return read
+
+    for name in HOST_READS:
+        patch.setattr(torch.Tensor, name, refused(name))
+
+
 # ---- run logs and injected events ------------------------------------------------------------------
 TIMING = ("wall_time", "sps")   # log fields that differ from run to run
 

@@ -18,24 +18,12 @@ from helpers import (  # the same faults as the default path's tests
     make_agent,
     nan_after_policy_step,
     nan_parameter,
+    refuse_host_reads,
 )
 
 from d2r.config import MethodConfig
 from d2r.sac.agent import MultiTaskSAC, resolve_cuda_graphs
 from d2r.sac.nonfinite import NonFiniteError
-
-#: every way a tensor's value reaches Python
-HOST_READS = ("item", "tolist", "__bool__", "cpu", "numpy", "__float__", "__int__", "__index__")
-
-
-def refuse_host_reads(patch: pytest.MonkeyPatch) -> None:
-    def refused(name):
-        def read(self, *args, **kwargs):
-            raise AssertionError(f"host read in the update: Tensor.{name}")
-        return read
-
-    for name in HOST_READS:
-        patch.setattr(torch.Tensor, name, refused(name))
 
 
 def agent_pair(method: MethodConfig, order: str = "joint") -> dict[str, MultiTaskSAC]:

@@ -1,7 +1,8 @@
 """The update on a CUDA device (skipped without one): every method's update on CUDA equals the CPU
 update on the same batch (cuda_graphs off, and the capturable update run eagerly), the capturable
 update makes no host synchronisation, the CUDA-graph update (cuda_graphs on) equals the eager
-one, and collection on its own stream during graph replays equals collection alone.
+one, a seed group's stacked graph update equals each seed's eager update, and collection on its
+own stream during graph replays equals collection alone.
 benchmarks/gpu_check.sh runs this file on a GPU machine."""
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import pytest
 import torch
 from helpers import ACTION, CASES, SAC, STATE, TASKS, filled_buffer
 
+from d2r.runtime.seeding import SeedGenerators
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.replay import TaskReplayBuffer
+from d2r.sac.stacked import StackedSAC
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -116,6 +119,37 @@ def test_cuda_graph_update_equals_the_eager_update(case):
             torch.testing.assert_close(s_graph[key], s_eager[key], rtol=1e-5, atol=1e-6, msg=f"update {step}: {key}")
     assert_same_state(graphed, eager, rtol=1e-5, atol=1e-6)
     assert graphed.pop_fault() is None and eager.pop_fault() is None
+
+
+@pytest.mark.parametrize("case", ["d2r", "mtsac", "moe"])
+def test_a_stacked_groups_cuda_graph_update_equals_its_solo_eager_updates(case):
+    """Three seeds' update stacked (d2r.sac.stacked) and captured as one CUDA graph, its noise drawn
+    before each replay from each seed's generator: each seed as its own capturable update run
+    eagerly from the same state and CUDA generator state."""
+    def seeds():
+        agents = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            method, order = CASES[case]
+            agents.append(MultiTaskSAC(method, dataclasses.replace(SAC, update_order=order, cuda_graphs="on"),
+                                       STATE, ACTION, TASKS, CUDA))
+        return agents
+
+    grouped, alone = seeds(), seeds()
+    data = [[to(b, CUDA) for b in batches(case, 7, seed)] for seed in range(3)]
+    stack = StackedSAC(grouped)
+    generators = SeedGenerators(torch.Generator(CUDA).manual_seed(10 + seed) for seed in range(3))
+    for step in range(7):
+        stack.update_seeds([d[step] for d in data], generators)
+    assert stack._graphed is not None and stack._graphed.graph is not None
+    for seed, agent in enumerate(alone):
+        with torch.random.fork_rng(devices=[CUDA]):
+            torch.cuda.manual_seed(10 + seed)
+            for step in range(7):
+                agent._update(data[seed][step])
+            assert torch.equal(torch.cuda.get_rng_state(), generators[seed].get_state())
+        assert_same_state(grouped[seed], agent, rtol=1e-5, atol=1e-6)
+        assert grouped[seed].pop_fault() is None and agent.pop_fault() is None
 
 
 def test_cuda_graph_update_records_a_fault_of_its_replay():

@@ -6,6 +6,7 @@ and the rerun resumes it, and a seed with a non-finite gradient ends alone."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -15,7 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ACTION, CASES, SAC, SMALL_D2R, STATE, TASKS, d2r_method, filled_buffer, tiny_params, without_timing
+from helpers import (
+    ACTION,
+    CASES,
+    SAC,
+    SMALL_D2R,
+    STATE,
+    TASKS,
+    d2r_method,
+    filled_buffer,
+    refuse_host_reads,
+    tiny_params,
+    without_timing,
+)
 
 from d2r import cli
 from d2r import envs as mw
@@ -23,6 +36,7 @@ from d2r.config import MethodConfig, load_params
 from d2r.runtime.checkpoint import save_model
 from d2r.runtime.seeding import SeedGenerators
 from d2r.sac import group as group_module
+from d2r.sac import stacked as stacked_module
 from d2r.sac.agent import MultiTaskSAC
 from d2r.sac.collect import Collector, collect_together
 from d2r.sac.group import SeedGroup, resolve_group_update
@@ -89,6 +103,73 @@ def test_a_stacked_update_is_each_seeds_own_update_to_rounding(case, cuda_graphs
         assert torch.equal(generators[seed].get_state(), solo_streams[seed])
         if cuda_graphs == "on":
             assert agents[seed].pop_fault() is None
+
+
+def test_the_capturable_stacked_update_reads_nothing_back_and_predraws_the_same_noise(monkeypatch):
+    """cuda_graphs on, run eagerly on a CPU: the stacked update a CUDA graph captures has no host
+    read, and with its noise drawn before it (NoiseTape, what the graph reads) it computes exactly
+    what it computes drawing in place."""
+    direct, predrawn = seed_agents("d2r", "on"), seed_agents("d2r", "on")
+    batches = [[buf.sample(8) for _ in range(UPDATES)] for buf in
+               (filled_buffer(agent, steps=30, seed=seed) for seed, agent in enumerate(direct))]
+    stacks = {"direct": StackedSAC(direct), "predrawn": StackedSAC(predrawn)}
+    stacks["predrawn"].predraw_noise = True
+    generators = {name: SeedGenerators(torch.Generator().manual_seed(100 + seed) for seed in range(SEEDS))
+                  for name in stacks}
+    for i in range(UPDATES):
+        for name, stack in stacks.items():
+            with monkeypatch.context() as patch:
+                if i > 0:  # the first builds what is made lazily (Adam's moments, the noise tape)
+                    refuse_host_reads(patch)
+                stack.update_seeds([b[i] for b in batches], generators[name])
+    assert [kind for kind, *_ in stacks["predrawn"]._tape.draws] == ["normal", "uniform", "uniform", "normal"]
+    for got, want in zip(predrawn, direct, strict=True):
+        for key, value in want.state_dict().items():
+            assert torch.equal(got.state_dict()[key], value), key
+        assert got.pop_fault() is None
+    for got, want in zip(generators["predrawn"], generators["direct"], strict=True):
+        assert torch.equal(got.get_state(), want.get_state())
+
+
+class EagerGraph:
+    """d2r.sac.cuda_graph.GraphedUpdate's course without CUDA: warm-up calls, then the capture and
+    the replays, each running the update eagerly (a replay runs no Python; here it runs the same
+    update on the same predrawn noise)."""
+
+    def __init__(self, update, warmup: int = 3):
+        self.update, self.warmup, self.eager_calls, self.graph = update, warmup, 0, None
+
+    @property
+    def warming_up(self) -> bool:
+        return self.graph is None and self.eager_calls < self.warmup
+
+    def __call__(self, batch):
+        if self.warming_up:
+            self.eager_calls += 1
+        else:
+            self.graph = "captured"
+        return self.update(batch)
+
+
+def test_a_graphed_stacked_update_warms_up_on_the_seeds_streams_then_replays_on_predrawn_noise(monkeypatch):
+    monkeypatch.setattr(stacked_module, "GraphedUpdate", EagerGraph)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    direct, graphed = seed_agents("d2r", "on"), seed_agents("d2r", "on")
+    batches = [[buf.sample(8) for _ in range(7)] for buf in
+               (filled_buffer(agent, steps=30, seed=seed) for seed, agent in enumerate(direct))]
+    stacks = {"direct": StackedSAC(direct), "graphed": StackedSAC(graphed)}
+    stacks["graphed"].update_mode, stacks["graphed"].predraw_noise = "graph", True
+    generators = {name: SeedGenerators(torch.Generator().manual_seed(100 + seed) for seed in range(SEEDS))
+                  for name in stacks}
+    for i in range(7):  # 3 warm-up updates, the capture, 3 replays
+        for name, stack in stacks.items():
+            stack.update_seeds([b[i] for b in batches], generators[name])
+    assert stacks["graphed"]._graphed.graph == "captured"
+    for got, want in zip(graphed, direct, strict=True):
+        for key, value in want.state_dict().items():
+            assert torch.equal(got.state_dict()[key], value), key
+    for got, want in zip(generators["graphed"], generators["direct"], strict=True):
+        assert torch.equal(got.get_state(), want.get_state())
 
 
 def test_seeds_at_different_updates_are_not_stacked():

@@ -105,21 +105,32 @@ class RandomStreams:
 class SeedGenerators(tuple):
     """One torch.Generator per seed of a seed-stacked batch (d2r.nets.stacking: S seeds' samples,
     seed-major): a random draw for the batch takes each seed's rows from that seed's generator,
-    so each seed draws what it draws alone. Pass it where a `generator` is taken."""
+    so each seed draws what it draws alone. Pass it where a `generator` is taken (`uniform_` and
+    `randn` below); anything with these two methods may stand in for it (d2r.sac.stacked.NoiseTape)."""
+
+    def uniform_(self, tensor: torch.Tensor) -> torch.Tensor:
+        for rows, generator in zip(tensor.chunk(len(self)), self, strict=True):
+            rows.uniform_(generator=generator)
+        return tensor
+
+    def randn(self, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty(shape, device=device, dtype=dtype)
+        for rows, generator in zip(out.chunk(len(self)), self, strict=True):
+            rows.normal_(generator=generator)  # what torch.randn does
+        return out
+
+
+def _per_seed(generator) -> bool:
+    return generator is not None and not isinstance(generator, torch.Generator)
 
 
 def uniform_(tensor: torch.Tensor, generator) -> torch.Tensor:
     """tensor.uniform_(generator=generator), or per seed's rows with SeedGenerators."""
-    if isinstance(generator, SeedGenerators):
-        for rows, seed_generator in zip(tensor.chunk(len(generator)), generator, strict=True):
-            rows.uniform_(generator=seed_generator)
-        return tensor
-    return tensor.uniform_(generator=generator)
+    return generator.uniform_(tensor) if _per_seed(generator) else tensor.uniform_(generator=generator)
 
 
 def randn(shape: torch.Size, generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """torch.randn(shape, generator=generator, ...), or per seed's rows with SeedGenerators."""
-    if isinstance(generator, SeedGenerators):
-        rows = (shape[0] // len(generator), *shape[1:])
-        return torch.cat([torch.randn(rows, generator=g, device=device, dtype=dtype) for g in generator])
+    if _per_seed(generator):
+        return generator.randn(shape, device, dtype)
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)

@@ -42,8 +42,13 @@ class GraphedUpdate:
         self.inputs: Batch | None = None                 # the static batch the graph reads
         self.outputs: dict[str, torch.Tensor] | None = None  # the statistics it writes
 
+    @property
+    def warming_up(self) -> bool:
+        """The next call runs eagerly (before the capture)."""
+        return self.graph is None and self.eager_calls < self.warmup
+
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        if self.graph is None and self.eager_calls < self.warmup:
+        if self.warming_up:
             self.eager_calls += 1
             return self._eager(batch)
         if self.graph is None:

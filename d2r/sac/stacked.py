@@ -17,6 +17,12 @@ trainer does between updates (acting, evaluation, logs, checkpoints) reads the c
 without a copy; a checkpoint stores each view as a tensor of its own (d2r.runtime.checkpoint).
 The stack is made when every seed is at the same update (its optimisers at the same step) and
 left when the group changes (a seed ended): `release` gives each agent back tensors of its own.
+
+With `cuda_graphs: on` on CUDA the stacked update is captured as one CUDA graph and replayed
+(d2r.sac.cuda_graph), as a solo update is. Its random draws come from the seeds' own generators,
+which a graph would not advance: they are drawn before each replay, eagerly, into static tensors
+the graph reads (NoiseTape), in the order and shapes the eager warm-up updates asked for; each
+seed's numbers are the ones it would draw in the update itself.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import nn
 from d2r.nets.stacking import stack_nets
 from d2r.runtime.seeding import SeedGenerators
 from d2r.sac.agent import MultiTaskSAC, TanhGaussianPolicy
+from d2r.sac.cuda_graph import GraphedUpdate
 from d2r.sac.nonfinite import NonFiniteError, UpdateChecks
 from d2r.sac.replay import Batch
 
@@ -86,6 +93,53 @@ class SeedChecks:
         self._each(lambda s, seed_checks: seed_checks.after_step())
 
 
+class NoiseTape:
+    """The random draws of a stacked update made before it: `record(generators)` passes the draws of
+    the update that follows to the seeds' generators and notes each one's kind and shape;
+    `predraw(generators)` then makes the draws noted, each seed's rows from its generator and in
+    the noted order, into static tensors, and the update that follows gets those tensors in that
+    order (a CUDA graph of it reads them as inputs). Stands in for SeedGenerators
+    (d2r.runtime.seeding.uniform_, randn)."""
+
+    def __init__(self):
+        self.draws: list[tuple[str, torch.Size, torch.device, torch.dtype]] = []
+        self.tensors: list[torch.Tensor] = []
+        self.generators: SeedGenerators | None = None
+        self.recording = False
+        self.position = 0
+
+    def record(self, generators: SeedGenerators) -> None:
+        self.generators, self.recording, self.draws, self.tensors = generators, True, [], []
+
+    def predraw(self, generators: SeedGenerators) -> None:
+        self.recording, self.position = False, 0
+        if not self.tensors:
+            self.tensors = [torch.empty(shape, device=device, dtype=dtype) for _, shape, device, dtype in self.draws]
+        for (kind, *_), tensor in zip(self.draws, self.tensors, strict=True):
+            for rows, generator in zip(tensor.chunk(len(generators)), generators, strict=True):
+                rows.uniform_(generator=generator) if kind == "uniform" else rows.normal_(generator=generator)
+
+    def _next(self, kind: str, shape: torch.Size) -> torch.Tensor:
+        noted_kind, noted_shape, *_ = self.draws[self.position]
+        if (noted_kind, tuple(noted_shape)) != (kind, tuple(shape)):
+            raise RuntimeError(f"the stacked update drew {kind} {tuple(shape)} where its warm-up drew "
+                               f"{noted_kind} {tuple(noted_shape)}")
+        self.position += 1
+        return self.tensors[self.position - 1]
+
+    def uniform_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.recording:
+            self.draws.append(("uniform", tensor.shape, tensor.device, tensor.dtype))
+            return self.generators.uniform_(tensor)
+        return tensor.copy_(self._next("uniform", tensor.shape))
+
+    def randn(self, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if self.recording:
+            self.draws.append(("normal", torch.Size(shape), device, dtype))
+            return self.generators.randn(shape, device, dtype)
+        return self._next("normal", shape)
+
+
 class StackedSAC(MultiTaskSAC):
     """The S agents' update as one; `update_seeds` runs it."""
 
@@ -110,7 +164,10 @@ class StackedSAC(MultiTaskSAC):
         self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=self.sac.lr, **adam)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=self.sac.lr_alpha, **adam)
         self.checks = SeedChecks([a.checks for a in agents], self.num_tasks)
-        self._graphed = None
+        self._graphed: GraphedUpdate | None = None
+        #: draw the update's noise before it (NoiseTape): what a CUDA graph of it needs
+        self.predraw_noise = self.update_mode == "graph"
+        self._tape = NoiseTape()
         self._seed_of_sample: torch.Tensor | None = None
         self._import_optimiser_states()
         self._bind()
@@ -191,15 +248,34 @@ class StackedSAC(MultiTaskSAC):
         batch = Batch(**{field.name: None if getattr(batches[0], field.name) is None else
                          torch.cat([getattr(b, field.name) for b in batches])
                          for field in dataclasses.fields(Batch)})
-        self.update_generator = generators
         try:
-            stats = self._update(batch)
+            stats = self._update_with(batch, generators)
         finally:
             self.update_generator = None
         if not self._optimisers_bound:
             self._bind_optimisers()
         faults = self.checks.faults
         return [faults.get(s) or {key: value[s] for key, value in stats.items()} for s in range(self.seeds)]
+
+    def _update_with(self, batch: Batch, generators: SeedGenerators) -> dict[str, torch.Tensor]:
+        """The update drawing from `generators`: directly, or (predraw_noise) through the tape,
+        recording while the update runs eagerly the first time(s) and predrawn after; in graph mode
+        captured once and replayed (d2r.sac.cuda_graph.GraphedUpdate)."""
+        if not self.predraw_noise:
+            self.update_generator = generators
+            return self._update(batch)
+        if self.update_mode == "graph" and self._graphed is None:
+            self._graphed = GraphedUpdate(self._update)
+        warming_up = self._graphed.warming_up if self._graphed is not None else not self._tape.draws
+        if warming_up:
+            self._tape.record(generators)
+        else:
+            self._tape.predraw(generators)
+        self.update_generator = self._tape
+        if self._graphed is None:
+            return self._update(batch)
+        with torch.cuda.device(self.device):
+            return self._graphed(batch)
 
     def update(self, batch):
         raise TypeError("a StackedSAC updates with update_seeds (one batch and generator per seed)")
