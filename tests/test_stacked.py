@@ -257,7 +257,7 @@ _solo: dict = {}
 
 def solo(params: Path, root: Path, method: str, seed: int, overlap: bool = False) -> Path:
     if (method, seed, overlap) not in _solo:
-        out = root / f"solo-{method}-{overlap}-seed{seed}"
+        out = root / f"stacked-solo-{method}-{overlap}-seed{seed}"  # not test_seed_groups.py's solo runs
         Trainer(run_config(params, method, seed, overlap), out, progress=False).train()
         _solo[method, seed, overlap] = out
     return _solo[method, seed, overlap]
