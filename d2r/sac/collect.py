@@ -122,9 +122,7 @@ def collect_together(collectors: list[Collector]) -> list[Episode]:
     d2r.nets.stacking) at once: one act() per step for all their tasks, with their policies'
     snapshots stacked and each one's noise from its own generator; each one's envs stepped with its
     actions. Returns each collector's Episode, as its `run` would to float rounding."""
-    for collector in collectors:
-        collector._snapshot()
-    episodes = _episodes_together(collectors)
+    episodes = _episodes_together(collectors, *_stacked_snapshot(collectors))
     for collector in collectors:
         collector._handover()
     return episodes
@@ -133,12 +131,11 @@ def collect_together(collectors: list[Collector]) -> list[Episode]:
 def start_together(collectors: list[Collector]) -> None:
     """collect_together in a background thread, as each collector's `start` (each one's `join`
     returns its episode)."""
-    for collector in collectors:
-        collector._snapshot()
+    policy, temperature = _stacked_snapshot(collectors)
 
     def target():
         try:
-            outcomes = _episodes_together(collectors)
+            outcomes = _episodes_together(collectors, policy, temperature)
         except BaseException as err:  # re-raised by every collector's join()
             outcomes = [err] * len(collectors)
         for collector, outcome in zip(collectors, outcomes):
@@ -150,17 +147,29 @@ def start_together(collectors: list[Collector]) -> None:
     thread.start()
 
 
-def _episodes_together(collectors: list[Collector]) -> list[Episode]:
+def _stacked_snapshot(collectors: list[Collector]) -> tuple[TanhGaussianPolicy, torch.Tensor]:
+    """Every collector's snapshot of the current policy, stacked: (policy, temperatures [S, T]). On
+    a GPU the first collector's stream, where the episodes run, waits for all of it."""
+    for collector in collectors:
+        collector._snapshot()
     first = collectors[0]
     policy = TanhGaussianPolicy(stack_nets([c.policy.net for c in collectors]), first.policy.action_dim)
-    temperature = torch.stack([c.temperature for c in collectors])  # [S, T]
+    temperature = torch.stack([c.temperature for c in collectors])
+    if first.stream is not None:
+        first.stream.wait_stream(torch.cuda.current_stream(first.device))
+    return policy, temperature
+
+
+def _episodes_together(collectors: list[Collector], policy: TanhGaussianPolicy,
+                       temperature: torch.Tensor) -> list[Episode]:
+    first = collectors[0]
     generators = SeedGenerators(c.generator for c in collectors)
 
     def act(state, task):
         return behaviour_action(policy, temperature, state, task, generators)
 
     transitions = [[] for _ in collectors]
-    with first._on_stream():  # the first's stream: every collector's waited for the learner (_snapshot)
+    with first._on_stream():
         results = run_episodes([c.envs for c in collectors], act, first.device,
                                [c._keeper(kept) for c, kept in zip(collectors, transitions)])
     for collector in collectors[1:]:
