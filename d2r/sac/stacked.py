@@ -63,8 +63,8 @@ class SeedChecks:
     stacked update's norms, terms, losses and kept tasks. A seed whose immediate check fails is
     noted in `faults` (its error) and not checked again in this update; the others' steps go on."""
 
-    def __init__(self, checks: list[UpdateChecks], num_tasks: int):
-        self.checks, self.num_tasks = checks, num_tasks
+    def __init__(self, checks: list[UpdateChecks]):
+        self.checks = checks
         self.faults: dict[int, NonFiniteError] = {}
 
     def _each(self, check) -> None:
@@ -163,7 +163,7 @@ class StackedSAC(MultiTaskSAC):
         self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=self.sac.lr, **adam)
         self.q_optim = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=self.sac.lr, **adam)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=self.sac.lr_alpha, **adam)
-        self.checks = SeedChecks([a.checks for a in agents], self.num_tasks)
+        self.checks = SeedChecks([a.checks for a in agents])
         self._graphed: GraphedUpdate | None = None
         #: draw the update's noise before it (NoiseTape): what a CUDA graph of it needs
         self.predraw_noise = self.update_mode == "graph"
