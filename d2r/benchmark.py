@@ -148,7 +148,6 @@ def seed_group_round(members: list, batch_per_task: int, stacked: bool = False):
     buffer, RandomStreams) members: sequential, each agent updates in turn between its own random
     streams; stacked, one update of their stacked weights (d2r.sac.stacked), each drawing from its
     own stream. Returns that round as a function, which returns each agent's statistics."""
-    from d2r.runtime.seeding import SeedGenerators
     from d2r.sac.stacked import StackedSAC
 
     def round_of_updates() -> dict:
@@ -163,10 +162,8 @@ def seed_group_round(members: list, batch_per_task: int, stacked: bool = False):
     stack = StackedSAC([agent for agent, _, _ in members])
 
     def stacked_round() -> dict:
-        generators = SeedGenerators(streams.generator() for _, _, streams in members)
-        outcomes = stack.update_seeds([buf.sample(batch_per_task) for _, buf, _ in members], generators)
-        for (_, _, streams), generator in zip(members, generators):
-            streams.take_back(generator)
+        outcomes = stack.update_in_streams([buf.sample(batch_per_task) for _, buf, _ in members],
+                                           [streams for _, _, streams in members])
         return {agent: outcome for (agent, _, _), outcome in zip(members, outcomes)}
 
     return stacked_round
@@ -176,9 +173,9 @@ def group_act(params, method: str, num_tasks: int, seeds: int, device, together:
     """One vector step's actions for a group of `seeds` seeds (d2r.sac.collect), read back as
     collection does: one act() per seed, or one for all (their policies stacked, each seed's noise
     from its own generator). Returns that step as a function."""
-    from d2r.nets.stacking import stack_nets
     from d2r.runtime.seeding import SeedGenerators
-    from d2r.sac.agent import TanhGaussianPolicy, behaviour_action
+    from d2r.sac.agent import behaviour_action
+    from d2r.sac.collect import stack_policies
 
     agents = [make_agent(params, method, num_tasks, device) for _ in range(seeds)]
     generators = [torch.Generator(device).manual_seed(seed) for seed in range(seeds)]
@@ -187,8 +184,7 @@ def group_act(params, method: str, num_tasks: int, seeds: int, device, together:
     if not together:
         return lambda: [behaviour_action(a.policy, a.temperature, state, task, g)[0].cpu()
                         for a, g in zip(agents, generators)]
-    policy = TanhGaussianPolicy(stack_nets([a.policy.net for a in agents]), mw.ACTION_DIM)
-    temperature = torch.stack([a.temperature for a in agents])
+    policy, temperature = stack_policies([a.policy for a in agents], [a.temperature for a in agents])
     states, tasks = state.repeat(seeds, 1), task.repeat(seeds)
     return lambda: behaviour_action(policy, temperature, states, tasks, SeedGenerators(generators))[0].cpu()
 

@@ -153,11 +153,18 @@ def _stacked_snapshot(collectors: list[Collector]) -> tuple[TanhGaussianPolicy, 
     for collector in collectors:
         collector._snapshot()
     first = collectors[0]
-    policy = TanhGaussianPolicy(stack_nets([c.policy.net for c in collectors]), first.policy.action_dim)
-    temperature = torch.stack([c.temperature for c in collectors])
+    policy, temperature = stack_policies([c.policy for c in collectors], [c.temperature for c in collectors])
     if first.stream is not None:
         first.stream.wait_stream(torch.cuda.current_stream(first.device))
     return policy, temperature
+
+
+def stack_policies(policies: list[TanhGaussianPolicy],
+                   temperatures: list[torch.Tensor]) -> tuple[TanhGaussianPolicy, torch.Tensor]:
+    """The seeds' policies as one (their networks stacked, d2r.nets.stacking) and their routing
+    temperatures [S, T]: what one act() for all seeds' tasks acts with."""
+    return (TanhGaussianPolicy(stack_nets([p.net for p in policies]), policies[0].action_dim),
+            torch.stack(temperatures))
 
 
 def _episodes_together(collectors: list[Collector], policy: TanhGaussianPolicy,

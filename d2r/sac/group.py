@@ -38,7 +38,7 @@ import torch
 
 from d2r.config import RunConfig
 from d2r.runtime.io import WriteError
-from d2r.runtime.seeding import RandomStreams, SeedGenerators
+from d2r.runtime.seeding import RandomStreams
 from d2r.runtime.signals import GracefulStop
 from d2r.sac.collect import collect_together, start_together
 from d2r.sac.nonfinite import NonFiniteError
@@ -144,11 +144,15 @@ class SeedGroup:
                 for member, episode in zip(members, episodes, strict=True):
                     member.outcome = episode
         else:
-            for member in members:
-                with member.streams:
-                    member.outcome = fulfil(member.trainer.agent, member.request)
+            self._one_by_one(members)
         for member in members:
             member.request = None
+
+    @staticmethod
+    def _one_by_one(members: list[Member]) -> None:
+        for member in members:
+            with member.streams:
+                member.outcome = fulfil(member.trainer.agent, member.request)
 
     def _update_together(self, members: list[Member]) -> None:
         """Every running seed's update of the batch it waits with, stacked (one update for all)
@@ -160,14 +164,11 @@ class SeedGroup:
         if self._stack is None and can_stack(agents):
             self._stack = StackedSAC(agents)
         if self._stack is None:
-            for member in members:
-                with member.streams:
-                    member.outcome = fulfil(member.trainer.agent, member.request)
+            self._one_by_one(members)
         else:
-            generators = SeedGenerators(member.streams.generator() for member in members)
-            outcomes = self._stack.update_seeds([member.request for member in members], generators)
-            for member, generator, outcome in zip(members, generators, outcomes, strict=True):
-                member.streams.take_back(generator)
+            outcomes = self._stack.update_in_streams([member.request for member in members],
+                                                     [member.streams for member in members])
+            for member, outcome in zip(members, outcomes, strict=True):
                 member.outcome = outcome
 
     def close(self) -> None:

@@ -48,11 +48,11 @@ def run_episodes(envs_of_runs: list, act: Callable, device, on_steps: list[Calla
     observations = [envs.reset()[0] for envs in envs_of_runs]
     results = [EpisodeResult(np.zeros(num_tasks, dtype=bool), np.zeros(num_tasks)) for _ in envs_of_runs]
     all_async = runs > 1 and all(hasattr(envs, "step_async") for envs in envs_of_runs)
+    parts = [slice(r * num_tasks, (r + 1) * num_tasks) for r in range(runs)] if runs > 1 else [slice(None)]
     while True:
         states = [torch.as_tensor(obs[:, :STATE_DIM], dtype=torch.float32, device=device) for obs in observations]
         action, route = act(states[0] if runs == 1 else torch.cat(states), task)
         actions = action.cpu().numpy()
-        parts = [slice(r * num_tasks, (r + 1) * num_tasks) for r in range(runs)] if runs > 1 else [slice(None)]
         if all_async:  # every run's env workers step at the same time
             for envs, part in zip(envs_of_runs, parts):
                 envs.step_async(actions[part])

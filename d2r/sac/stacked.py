@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from d2r.nets.stacking import stack_nets
-from d2r.runtime.seeding import SeedGenerators
+from d2r.runtime.seeding import RandomStreams, SeedGenerators
 from d2r.sac.agent import MultiTaskSAC, TanhGaussianPolicy
 from d2r.sac.cuda_graph import GraphedUpdate
 from d2r.sac.nonfinite import NonFiniteError, UpdateChecks
@@ -256,6 +256,15 @@ class StackedSAC(MultiTaskSAC):
             self._bind_optimisers()
         faults = self.checks.faults
         return [faults.get(s) or {key: value[s] for key, value in stats.items()} for s in range(self.seeds)]
+
+    def update_in_streams(self, batches: list[Batch], streams: list[RandomStreams]) -> list[dict | NonFiniteError]:
+        """update_seeds drawing from each seed's own torch stream (a group's RandomStreams), which
+        then continues where the update left it."""
+        generators = SeedGenerators(seed_streams.generator() for seed_streams in streams)
+        outcomes = self.update_seeds(batches, generators)
+        for seed_streams, generator in zip(streams, generators, strict=True):
+            seed_streams.take_back(generator)
+        return outcomes
 
     def _update_with(self, batch: Batch, generators: SeedGenerators) -> dict[str, torch.Tensor]:
         """The update drawing from `generators`: directly, or (predraw_noise) through the tape,
